@@ -1,0 +1,203 @@
+"""Kubernetes for one member: k3s on Nova VMs whose PKI the program generates, or an existing cluster.
+
+With k3s the program creates the cluster CAs before any VM exists, writes them through cloud-init
+where k3s adopts them on first start, and signs the admin client certificate itself, so it builds
+the kubeconfig without SSH and without copying anything back from a VM.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_openstack as openstack
+import pulumi_random as random
+import pulumi_tls as tls
+import yaml
+
+from . import pki
+from .addresses import NodeAddress, NodeAddresses
+from .cloudinit import K3S_CA_FILES, K3sNode, render_user_data
+from .readiness import ApiReadiness
+from .settings import KUBE_API_PORT, Settings
+
+ADMIN_ORGANIZATION = "system:masters"
+ADMIN_COMMON_NAME = "crdb-federation-admin"
+
+
+@dataclass(frozen=True)
+class KubeNode:
+    """A Kubernetes node as CockroachDB sees it: its node name and both addresses."""
+
+    name: str
+    public_ip: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+
+
+def render_kubeconfig(cluster: str, server_url: str, ca_pem: str, cert_pem: str, key_pem: str) -> str:
+    """An admin kubeconfig trusting only the cluster's server CA."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    user = f"{cluster}-admin"
+    return yaml.safe_dump({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server_url, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem)}}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+        "current-context": cluster,
+    }, sort_keys=False)
+
+
+class K3sPki(pulumi.ComponentResource):
+    """The k3s cluster CAs, the service-account signing key and the admin client certificate."""
+
+    ca_keys: dict[str, tls.PrivateKey]
+    ca_certs: dict[str, tls.SelfSignedCert]
+    service_key: tls.PrivateKey
+    admin_key: tls.PrivateKey
+    admin_cert: tls.LocallySignedCert
+
+    def __init__(self, name: str, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("crdb-federation:kubernetes:K3sPki", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.ca_keys, self.ca_certs = {}, {}
+        for ca in K3S_CA_FILES:
+            key, cert = pki.certificate_authority(f"{name}-{ca.replace('/', '-')}", f"k3s-{ca.replace('/', '-')}", child)
+            self.ca_keys[ca], self.ca_certs[ca] = key, cert
+        self.service_key = pki.private_key(f"{name}-service", child, rsa=True)
+        self.admin_key, self.admin_cert = pki.signed_certificate(
+            f"{name}-admin",
+            ca_cert_pem=self.ca_certs["client-ca"].cert_pem,
+            ca_key_pem=self.ca_keys["client-ca"].private_key_pem,
+            common_name=ADMIN_COMMON_NAME,
+            organization=ADMIN_ORGANIZATION,
+            uses=pki.CLIENT_ONLY,
+            opts=child,
+        )
+        self.register_outputs({"serverCa": self.ca_certs["server-ca"].cert_pem})
+
+    def files(self) -> pulumi.Output[dict[str, str]]:
+        """The files k3s adopts from its TLS directory on first start, by relative path."""
+        entries: dict[str, pulumi.Output[str]] = {}
+        for ca in K3S_CA_FILES:
+            entries[f"{ca}.crt"] = self.ca_certs[ca].cert_pem
+            entries[f"{ca}.key"] = self.ca_keys[ca].private_key_pem
+        entries["service.key"] = self.service_key.private_key_pem
+        return pulumi.Output.all(**entries)
+
+
+class K3sCluster(pulumi.ComponentResource):
+    """One k3s server and N-1 agents on Nova, plus the admin kubeconfig gated on API readiness."""
+
+    nodes: list[KubeNode]
+    api_endpoint: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    servers: list[openstack.compute.Instance]
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        addresses: NodeAddresses,
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        super().__init__("crdb-federation:kubernetes:K3sCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cloud, k8s = settings.openstack, settings.kubernetes
+        self.pki = K3sPki(f"{name}-pki", opts=child)
+        token = random.RandomPassword(f"{name}-token", length=48, special=False, opts=child)
+        group = openstack.compute.ServerGroup(
+            f"{name}-spread", name=f"{name}-spread", policies=["soft-anti-affinity"], opts=child
+        )
+        keypair = None
+        if cloud.ssh_public_key:
+            keypair = openstack.compute.Keypair(f"{name}-ssh", name=f"{name}-ssh", public_key=cloud.ssh_public_key, opts=child)
+        image = openstack.images.get_image_output(name=cloud.image, most_recent=True, opts=pulumi.InvokeOptions(parent=self))
+
+        server_node = addresses.nodes[0]
+        ca_files = self.pki.files()
+        self.servers = []
+        for index, node in enumerate(addresses.nodes):
+            is_server = index == 0
+            user_data = pulumi.Output.all(
+                node.private_ip, node.public_ip, server_node.private_ip, token.result, ca_files if is_server else {}
+            ).apply(lambda v, node=node, is_server=is_server: render_user_data(
+                K3sNode(node.name, v[0], v[1], is_server),
+                kubernetes=k8s,
+                token=v[3],
+                server_private_ip=v[2],
+                network_cidr=settings.network.cidr,
+                ca_files=v[4] or None,
+            ))
+            self.servers.append(openstack.compute.Instance(
+                node.name,
+                name=node.name,
+                flavor_name=cloud.server_flavor if is_server else cloud.agent_flavor,
+                availability_zone=cloud.availability_zone,
+                key_pair=keypair.name if keypair else None,
+                user_data=pulumi.Output.secret(user_data),
+                networks=[openstack.compute.InstanceNetworkArgs(port=node.port_id)],
+                scheduler_hints=[openstack.compute.InstanceSchedulerHintArgs(group=group.id)],
+                block_devices=[openstack.compute.InstanceBlockDeviceArgs(
+                    source_type="image",
+                    uuid=image.id,
+                    destination_type="volume",
+                    volume_size=cloud.boot_volume_size,
+                    boot_index=0,
+                    delete_on_termination=True,
+                )],
+                metadata={"crdb-federation-member": settings.cockroach.member, "k3s-role": "server" if is_server else "agent"},
+                opts=child,
+            ))
+
+        self.api_endpoint = server_node.public_ip.apply(lambda ip: f"https://{ip}:{KUBE_API_PORT}")
+        server_ca = self.pki.ca_certs["server-ca"].cert_pem
+        admin_cert, admin_key = self.pki.admin_cert.cert_pem, self.pki.admin_key.private_key_pem
+        kubeconfig = pulumi.Output.all(self.api_endpoint, server_ca, admin_cert, admin_key).apply(
+            lambda v: render_kubeconfig(name, v[0], v[1], v[2], v[3])
+        )
+        gate = ApiReadiness(
+            f"{name}-api-ready",
+            url=self.api_endpoint.apply(lambda url: f"{url}/readyz"),
+            ca_pem=server_ca,
+            cert_pem=admin_cert,
+            key_pem=admin_key,
+            kubeconfig=kubeconfig,
+            timeout_seconds=k8s.api_ready_timeout,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.servers[0], *addresses.reachable]),
+        )
+        self.kubeconfig = pulumi.Output.secret(gate.kubeconfig)
+        self.nodes = [KubeNode(n.name, n.public_ip, n.private_ip) for n in addresses.nodes]
+        self.register_outputs({"apiEndpoint": self.api_endpoint, "kubeconfig": self.kubeconfig})
+
+
+class ExistingCluster(pulumi.ComponentResource):
+    """A Kubernetes cluster built elsewhere (e.g. Magnum): kubeconfig and node addresses from config."""
+
+    nodes: list[KubeNode]
+    api_endpoint: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(self, name: str, settings: Settings, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("crdb-federation:kubernetes:ExistingCluster", name, None, opts)
+        self.kubeconfig = pulumi.Output.secret(settings.kubernetes.kubeconfig)
+        self.api_endpoint = self.kubeconfig.apply(_server_of)
+        self.nodes = [
+            KubeNode(n.name, pulumi.Output.from_input(n.public_ip), pulumi.Output.from_input(n.private_ip))
+            for n in settings.kubernetes.existing_nodes
+        ]
+        self.register_outputs({"apiEndpoint": self.api_endpoint})
+
+
+def _server_of(kubeconfig: str) -> str:
+    try:
+        document = yaml.safe_load(kubeconfig)
+        return document["clusters"][0]["cluster"]["server"]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"crdb-federation:kubeconfig is not a kubeconfig with a cluster server: {error}") from None

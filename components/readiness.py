@@ -1,0 +1,126 @@
+"""A gate before any Kubernetes resource: waits until the API's /readyz answers `ok`.
+
+The kubernetes provider fails against an API that is not up yet, and a fresh k3s server needs
+minutes (boot, download, start). `ApiReadiness` is a dynamic resource whose create polls
+`https://<api>/readyz` with the admin client certificate, trusting only the cluster's server CA;
+its `kubeconfig` output is what the kubernetes.Provider consumes, so every Kubernetes resource
+depends on the API being ready.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Optional
+
+import pulumi
+import pulumi.dynamic as dynamic
+
+
+class ApiNotReadyError(Exception):
+    pass
+
+
+def probe_readyz(url: str, ca_pem: str, cert_pem: str, key_pem: str, *, timeout: float = 10.0) -> tuple[bool, str]:
+    """One GET of /readyz with mutual TLS; returns (ready, what was seen)."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
+        cert_path, key_path = os.path.join(directory, "client.crt"), os.path.join(directory, "client.key")
+        for path, content in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(content)
+        context.load_cert_chain(cert_path, key_path)
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=timeout) as response:
+            body = response.read(256).decode(errors="replace").strip()
+            return response.status == 200 and body == "ok", f"HTTP {response.status}: {body}"
+    except urllib.error.HTTPError as error:
+        return False, f"HTTP {error.code}: {error.read(256).decode(errors='replace').strip()}"
+    except (urllib.error.URLError, OSError) as error:
+        return False, str(getattr(error, "reason", error))
+
+
+def wait_until_ready(
+    probe: Callable[[], tuple[bool, str]],
+    *,
+    url: str,
+    timeout: float,
+    interval: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Calls `probe` until it reports ready; returns the number of attempts or raises with the last answer."""
+    deadline = clock() + timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        ready, seen = probe()
+        if ready:
+            return attempts
+        if clock() + interval > deadline:
+            raise ApiNotReadyError(
+                f"Kubernetes API {url} not ready after {timeout:.0f}s and {attempts} attempts; last answer: {seen}. "
+                "Check that the server booted (console log), that k3s installed, and that adminCidrs includes "
+                "the address this program runs from."
+            )
+        sleep(interval)
+
+
+class _ApiReadinessProvider(dynamic.ResourceProvider):
+    def _wait(self, props: dict[str, Any]) -> None:
+        url = props["url"]
+        wait_until_ready(
+            lambda: probe_readyz(url, props["caPem"], props["certPem"], props["keyPem"]),
+            url=url,
+            timeout=float(props["timeoutSeconds"]),
+        )
+
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        self._wait(props)
+        return dynamic.CreateResult(id_=props["url"], outs=props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        changed = [k for k in ("url", "caPem", "certPem", "keyPem", "kubeconfig") if olds.get(k) != news.get(k)]
+        return dynamic.DiffResult(changes=bool(changed), replaces=[k for k in changed if k == "url"])
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        self._wait(news)
+        return dynamic.UpdateResult(outs=news)
+
+
+class ApiReadiness(dynamic.Resource):
+    """Ready once /readyz answers; `kubeconfig` passes through, so consumers wait for readiness."""
+
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: pulumi.Input[str],
+        ca_pem: pulumi.Input[str],
+        cert_pem: pulumi.Input[str],
+        key_pem: pulumi.Input[str],
+        kubeconfig: pulumi.Input[str],
+        timeout_seconds: int,
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ):
+        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=["keyPem", "kubeconfig"])
+        super().__init__(
+            _ApiReadinessProvider(),
+            name,
+            {
+                "url": url,
+                "caPem": ca_pem,
+                "certPem": cert_pem,
+                "keyPem": pulumi.Output.secret(key_pem),
+                "kubeconfig": pulumi.Output.secret(kubeconfig),
+                "timeoutSeconds": timeout_seconds,
+            },
+            pulumi.ResourceOptions.merge(opts, secret_opts),
+        )
