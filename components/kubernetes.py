@@ -113,7 +113,7 @@ class K3sCluster(pulumi.ComponentResource):
         self.pki = K3sPki(f"{name}-pki", opts=child)
         token = random.RandomPassword(f"{name}-token", length=48, special=False, opts=child)
         group = openstack.compute.ServerGroup(
-            f"{name}-spread", name=f"{name}-spread", policies=["soft-anti-affinity"], opts=child
+            f"{name}-spread", name=f"{name}-spread", policies="soft-anti-affinity", opts=child
         )
         keypair = None
         if cloud.ssh_public_key:

@@ -374,7 +374,7 @@ def _parse_cockroach(
     replicas = len(kubernetes.existing_nodes) if kubernetes.mode == "existing" else node_count
     if role == "seed" and replicas < 3:
         key = "existingNodes" if kubernetes.mode == "existing" else "nodeCount"
-        r.problem(key, replicas if key == "nodeCount" else list(kubernetes.existing_nodes),
+        r.problem(key, r.values.get(key, replicas),
                   "at least 3 nodes on the seed, which must survive the loss of one node")
 
     storage_size = r.string("storageSize", "100Gi")
@@ -411,7 +411,7 @@ def _parse_cockroach(
                 r.problem("federationCidrs", cidr, "no world-open range while insecure is true (26257 has no TLS then)")
     factor = r.integer("replicationFactor", 3, 1, 9)
     if factor is not None and factor % 2 == 0:
-        r.problem("replicationFactor", factor, "an odd number (3, 5, 7): a majority must survive")
+        r.problem("replicationFactor", r.values["replicationFactor"], "an odd number (3, 5, 7): a majority must survive")
     if role != "seed" and "replicationFactor" in r.values:
         r.problem("replicationFactor", r.values["replicationFactor"], "no value on a member: the seed sets it")
 

@@ -1,0 +1,185 @@
+"""Pulumi mocks that behave like the real providers where the tests depend on it.
+
+- OpenStack ports get distinct fixed IPs, floating IPs distinct public addresses.
+- pulumi-tls is faked with real cryptography: keys, CA certificates, CSRs and signatures are real,
+  so tests verify actual chains, not strings.
+- A StackReference answers with the outputs registered for its stack name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    provider: str
+    parent: str
+
+
+def _pem_key(key) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _name(subject: dict[str, Any] | None) -> x509.Name:
+    attributes = []
+    subject = subject or {}
+    if subject.get("organization"):
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject["organization"]))
+    if subject.get("commonName"):
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, subject["commonName"]))
+    return x509.Name(attributes)
+
+
+def _sans(inputs: dict[str, Any]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in inputs.get("dnsNames") or []]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in inputs.get("ipAddresses") or []]
+    return names
+
+
+def _usages(builder: x509.CertificateBuilder, uses: list[str], is_ca: bool) -> x509.CertificateBuilder:
+    builder = builder.add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    builder = builder.add_extension(x509.KeyUsage(
+        digital_signature="digital_signature" in uses,
+        content_commitment=False,
+        key_encipherment="key_encipherment" in uses,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign="cert_signing" in uses,
+        crl_sign="crl_signing" in uses,
+        encipher_only=False,
+        decipher_only=False,
+    ), critical=True)
+    ekus = [oid for use, oid in (("server_auth", ExtendedKeyUsageOID.SERVER_AUTH),
+                                 ("client_auth", ExtendedKeyUsageOID.CLIENT_AUTH)) if use in uses]
+    if ekus:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+    return builder
+
+
+def _sign(subject: x509.Name, issuer: x509.Name, public_key, signing_key, inputs: dict[str, Any], sans) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(hours=int(inputs.get("validityPeriodHours") or 24))))
+    builder = _usages(builder, list(inputs.get("allowedUses") or []), bool(inputs.get("isCaCertificate")))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(signing_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def fake_tls(type_: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    if type_ == "tls:index/privateKey:PrivateKey":
+        if inputs.get("algorithm") == "RSA":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=int(inputs.get("rsaBits") or 2048))
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {**inputs, "privateKeyPem": _pem_key(key), "publicKeyPem": public.decode()}
+    if type_ == "tls:index/selfSignedCert:SelfSignedCert":
+        key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+        name = _name(inputs.get("subject"))
+        return {**inputs, "certPem": _sign(name, name, key.public_key(), key, inputs, _sans(inputs))}
+    if type_ == "tls:index/certRequest:CertRequest":
+        key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+        builder = x509.CertificateSigningRequestBuilder().subject_name(_name(inputs.get("subject")))
+        if _sans(inputs):
+            builder = builder.add_extension(x509.SubjectAlternativeName(_sans(inputs)), critical=False)
+        csr = builder.sign(key, hashes.SHA256())
+        return {**inputs, "certRequestPem": csr.public_bytes(serialization.Encoding.PEM).decode()}
+    if type_ == "tls:index/locallySignedCert:LocallySignedCert":
+        csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        ca_key = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), None)
+        try:
+            sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            sans = []
+        return {**inputs, "certPem": _sign(csr.subject, ca.subject, csr.public_key(), ca_key, inputs, sans)}
+    raise KeyError(type_)
+
+
+_SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+def is_secret_value(value: Any) -> bool:
+    return isinstance(value, dict) and _SECRET_SIG in value
+
+
+def unwrap_secrets(value: Any) -> Any:
+    """Mocks receive secret inputs wrapped in the engine's secret envelope; providers see plain values."""
+    if is_secret_value(value):
+        return unwrap_secrets(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v) for v in value]
+    return value
+
+
+@dataclass
+class FakeCloud(pulumi.runtime.Mocks):
+    """Records every registered resource; `stack_outputs` answers StackReferences by stack name."""
+
+    stack_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resources: list[Registered] = field(default_factory=list)
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    public_prefix: str = "203.0.113"
+
+    def __post_init__(self):
+        self._private = itertools.count(10)
+        self._public = itertools.count(10)
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        inputs = unwrap_secrets(dict(args.inputs))
+        outputs = dict(inputs)
+        t = args.typ
+        if t.startswith("tls:"):
+            outputs = fake_tls(t, inputs)
+        elif t == "openstack:networking/port:Port":
+            outputs["allFixedIps"] = [f"10.20.0.{next(self._private)}"]
+        elif t == "openstack:networking/floatingIp:FloatingIp":
+            outputs["address"] = f"{self.public_prefix}.{next(self._public)}"
+        elif t == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = "p" * int(inputs.get("length", 16))
+        elif t == "pulumi:pulumi:StackReference":
+            name = inputs["name"]
+            if name not in self.stack_outputs:
+                raise KeyError(f"no fake outputs for stack {name}")
+            outputs = {"name": name, "outputs": self.stack_outputs[name], "secretOutputNames": []}
+        self.resources.append(Registered(t, args.name, dict(args.inputs), outputs, args.provider or "", getattr(args, "parent", "") or ""))
+        return [f"{args.name}-id", outputs]
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.invokes.append((args.token, dict(args.args)))
+        if args.token == "openstack:images/getImage:getImage":
+            return {"id": "image-" + args.args.get("name", "x"), "name": args.args.get("name")}
+        if args.token == "openstack:networking/getNetwork:getNetwork":
+            key = args.args.get("name") or args.args.get("networkId")
+            return {"id": f"net-{key}", "name": key}
+        return {}
+
+    def of_type(self, suffix: str) -> list[Registered]:
+        return [r for r in self.resources if r.type.endswith(suffix)]
+
+    def one(self, suffix: str) -> Registered:
+        found = self.of_type(suffix)
+        assert len(found) == 1, f"expected one {suffix}, got {[r.name for r in found]}"
+        return found[0]

@@ -1,0 +1,190 @@
+"""Settings: every invalid value is reported at once, naming the key, the value and the expectation."""
+
+import pulumi
+import pytest
+import yaml
+
+from components.settings import (
+    CONFIG_KEYS, DEFAULT_COCKROACH_IMAGE, DEFAULT_K3S_VERSION, SECRET_KEYS, SettingsError, parse_settings,
+)
+from tests.harness import ROOT
+
+VALID = {
+    "cloud": "vexxhost",
+    "region": "ca-ymq-1",
+    "image": "ubuntu-24.04",
+    "serverFlavor": "v3-standard-4",
+    "externalNetwork": "public",
+    "adminCidrs": '["198.51.100.0/24"]',
+    "federationCidrs": '["0.0.0.0/0"]',
+    "seedStack": "org/crdb-federation/seed",
+}
+
+
+def problems(values, secrets=None, stack="member"):
+    with pytest.raises(SettingsError) as error:
+        parse_settings(values, stack, secrets)
+    return error.value.problems
+
+
+def test_valid_member_defaults():
+    settings = parse_settings(VALID, "vexxhost")
+    assert settings.cockroach.member == "vexxhost"
+    assert settings.cockroach.role == "member"
+    assert settings.openstack.node_count == 3
+    assert settings.openstack.agent_flavor == "v3-standard-4"
+    assert settings.network.mode == "managed"
+    assert settings.network.public_addressing == "floating"
+    assert settings.kubernetes.k3s_version == DEFAULT_K3S_VERSION
+    assert settings.cockroach.image == DEFAULT_COCKROACH_IMAGE
+    assert settings.cockroach.replicas == 3
+
+
+def test_settings_are_frozen():
+    settings = parse_settings(VALID, "vexxhost")
+    with pytest.raises(Exception):
+        settings.openstack.node_count = 5
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("networkCidr", "10.0.0.0/33", "IPv4 CIDR"),
+    ("networkCidr", "10.0.0.1/24", "IPv4 CIDR"),
+    ("adminCidrs", '["not-a-cidr"]', "list of CIDRs"),
+    ("adminCidrs", '"0.0.0.0/0"', "list of non-empty strings"),
+    ("federationCidrs", '["10.0.0.0/8", "300.1.1.1/32"]', "list of CIDRs"),
+    ("nodeCount", "0", "integer from 1"),
+    ("nodeCount", "three", "integer from 1"),
+    ("bootVolumeSize", "5", "integer from 10"),
+    ("mtu", "9999", "integer from 1280"),
+    ("networkMode", "magic", "one of managed, existing"),
+    ("publicAddressing", "elastic", "one of floating, fixed"),
+    ("kubernetesMode", "eks", "one of k3s, existing"),
+    ("role", "leader", "one of seed, member"),
+    ("k3sVersion", "latest", "pinned k3s release"),
+    ("k3sReleasesUrl", "http://mirror.example/k3s", "https://"),
+    ("httpProxy", "proxy:3128", "http:// or https:// URL"),
+    ("dnsServers", '["1.1.1.1", "dns.example"]', "IP addresses"),
+    ("sshPublicKey", "-----BEGIN OPENSSH PRIVATE KEY-----", "OpenSSH public key"),
+    ("memberName", "Bad_Name", "DNS label"),
+    ("region", "region one", "locality tier value"),
+    ("availabilityZone", "az=1", "locality tier value"),
+    ("cockroachImage", "cockroachdb/cockroach:latest", "pinned tag"),
+    ("cockroachImage", "cockroachdb/cockroach", "pinned tag"),
+    ("storageSize", "100GB", "quantity"),
+    ("cockroachMemory", "lots", "quantity"),
+    ("cockroachCpu", "two", "CPU quantity"),
+    ("joinAddresses", '["203.0.113.5"]', "host:port"),
+    ("insecure", "maybe", "true or false"),
+    ("replicationFactor", "4", "odd number"),
+])
+def test_each_bad_value_names_key_value_and_expectation(key, value, expected):
+    found = problems({**VALID, key: value})
+    matching = [p for p in found if p.startswith(f"crdb-federation:{key} = ")]
+    assert matching, found
+    assert expected in matching[0]
+    # A bad list entry is named by itself; any other value in full.
+    shown = [v for v in ("not-a-cidr", "300.1.1.1/32", "dns.example", "203.0.113.5") if v in value] or [value]
+    assert repr(shown[0]) in matching[0]
+
+
+@pytest.mark.parametrize("missing", ["cloud", "region", "image", "serverFlavor", "adminCidrs", "federationCidrs"])
+def test_required_keys(missing):
+    values = {k: v for k, v in VALID.items() if k != missing}
+    assert any(p.startswith(f"crdb-federation:{missing} = None") for p in problems(values))
+
+
+def test_all_problems_reported_at_once():
+    found = problems({**VALID, "nodeCount": "0", "networkCidr": "bad", "role": "x", "adminCidrs": '["x"]'})
+    keys = {p.split(" = ")[0] for p in found}
+    assert {"crdb-federation:nodeCount", "crdb-federation:networkCidr", "crdb-federation:role",
+            "crdb-federation:adminCidrs"} <= keys
+    message = str(SettingsError(found))
+    assert f"{len(found)} problem(s)" in message
+
+
+def test_managed_network_needs_external_network():
+    values = {k: v for k, v in VALID.items() if k != "externalNetwork"}
+    assert any("externalNetwork = None: expected the external network" in p for p in problems(values))
+
+
+def test_existing_network_needs_its_name():
+    found = problems({**VALID, "networkMode": "existing", "publicAddressing": "fixed"})
+    assert any(p.startswith("crdb-federation:existingNetwork = None") for p in found)
+
+
+def test_fixed_addressing_is_for_existing_networks_only():
+    found = problems({**VALID, "publicAddressing": "fixed"})
+    assert any(p.startswith("crdb-federation:publicAddressing = 'fixed'") for p in found)
+
+
+def test_existing_network_with_fixed_public_addresses_is_valid():
+    values = {k: v for k, v in VALID.items() if k != "externalNetwork"}
+    settings = parse_settings({**values, "networkMode": "existing", "publicAddressing": "fixed",
+                               "existingNetwork": "provider-net"}, "ovh")
+    assert settings.network.existing_network == "provider-net"
+
+
+def test_seed_needs_three_nodes_and_no_seed_stack():
+    values = {**VALID, "role": "seed", "nodeCount": "2"}
+    found = problems(values)
+    assert any(p.startswith("crdb-federation:nodeCount = '2': expected at least 3") for p in found)
+    assert any(p.startswith("crdb-federation:seedStack = 'org/crdb-federation/seed'") for p in found)
+
+
+def test_member_needs_a_way_to_the_cluster():
+    values = {k: v for k, v in VALID.items() if k != "seedStack"}
+    found = problems(values)
+    assert any(p.startswith("crdb-federation:seedStack = None") for p in found)
+    assert any(p.startswith("crdb-federation:caCertificate = None") for p in found)
+
+
+def test_member_with_explicit_join_and_ca_is_valid():
+    values = {k: v for k, v in VALID.items() if k != "seedStack"}
+    secrets = {"caCertificate": pulumi.Output.from_input("ca"), "caPrivateKey": pulumi.Output.from_input("key")}
+    settings = parse_settings({**values, "joinAddresses": '["203.0.113.5:26257", "crdb.example.org:26257"]'},
+                              "m", secrets)
+    assert settings.cockroach.join_addresses == ("203.0.113.5:26257", "crdb.example.org:26257")
+
+
+def test_ca_certificate_and_key_come_together():
+    found = problems(VALID, {"caCertificate": pulumi.Output.from_input("ca")})
+    assert any(p.startswith("crdb-federation:caPrivateKey = None: expected both") for p in found)
+
+
+def test_replication_factor_is_the_seeds():
+    found = problems({**VALID, "replicationFactor": "5"})
+    assert any(p.startswith("crdb-federation:replicationFactor = '5': expected no value on a member") for p in found)
+
+
+def test_insecure_mode_refuses_world_open_cockroach_port():
+    found = problems({**VALID, "insecure": "true", "federationCidrs": '["10.0.0.0/8", "::/0"]'})
+    assert any(p.startswith("crdb-federation:federationCidrs = '::/0'") and "insecure" in p for p in found)
+    settings = parse_settings({**VALID, "insecure": "true", "federationCidrs": '["10.0.0.0/8"]'}, "m")
+    assert settings.cockroach.insecure
+
+
+def test_existing_kubernetes_needs_kubeconfig_and_nodes():
+    found = problems({**VALID, "kubernetesMode": "existing", "existingNodes": '["node-a 203.0.113.1"]'})
+    assert any(p.startswith("crdb-federation:kubeconfig = None") for p in found)
+    assert any(p.startswith("crdb-federation:existingNodes = 'node-a 203.0.113.1'") for p in found)
+
+
+def test_every_config_key_is_declared_in_the_project_with_matching_default():
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert set(declared) == set(CONFIG_KEYS) | set(SECRET_KEYS)
+    for key, declaration in declared.items():
+        assert declaration.get("description"), key
+        assert declaration["type"] in ("string", "integer", "boolean", "array"), key
+        assert declaration.get("secret", False) == (key in SECRET_KEYS), key
+    # A declared default must be what the program assumes when the key is absent (tests run without the CLI).
+    settings = parse_settings(VALID, "m")
+    assert declared["nodeCount"]["default"] == settings.openstack.node_count
+    assert declared["k3sVersion"]["default"] == settings.kubernetes.k3s_version
+    assert declared["cockroachImage"]["default"] == settings.cockroach.image
+    assert declared["bootVolumeSize"]["default"] == settings.openstack.boot_volume_size
+    assert declared["networkCidr"]["default"] == settings.network.cidr
+    assert declared["storageSize"]["default"] == settings.cockroach.storage_size
+    assert declared["storageClass"]["default"] == settings.cockroach.storage_class
+    assert declared["clusterName"]["default"] == settings.cockroach.cluster_name
+    assert declared["apiReadyTimeout"]["default"] == settings.kubernetes.api_ready_timeout
+    assert declared["replicationFactor"]["default"] == settings.cockroach.replication_factor
