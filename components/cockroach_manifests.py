@@ -107,7 +107,8 @@ def render_start_script(spec: CockroachSpec) -> str:
         '  echo "crdb-federation: no advertised addresses for node ${NODE_NAME} (${address_file})" >&2',
         "  exit 1",
         "fi",
-        'read -r public_ip private_ip < "$address_file"',
+        # `read` fails on a last line without a newline; the values are checked just below.
+        'read -r public_ip private_ip < "$address_file" || true',
         'if [ -z "${public_ip:-}" ] || [ -z "${private_ip:-}" ]; then',
         '  echo "crdb-federation: ${address_file} must hold \'<public ip> <private ip>\'" >&2',
         "  exit 1",
@@ -173,7 +174,7 @@ def render_address_config_map(spec: CockroachSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(spec, ADDRESS_CONFIG_MAP),
-        "data": {n.name: f"{n.public_ip} {n.private_ip}" for n in spec.nodes},
+        "data": {n.name: f"{n.public_ip} {n.private_ip}\n" for n in spec.nodes},
     }
 
 

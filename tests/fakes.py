@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pulumi.runtime.mocks import MockMonitor
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,7 +29,33 @@ class Registered:
     inputs: dict[str, Any]
     outputs: dict[str, Any]
     provider: str
-    parent: str
+    urn: str = ""
+    parent: str = ""
+    custom: bool = True
+    dependencies: set[str] = field(default_factory=set)
+
+
+class RecordingMonitor(MockMonitor):
+    """The SDK's mock monitor, also recording each resource's URN, parent and dependencies (the engine's graph)."""
+
+    def __init__(self, cloud: "FakeCloud"):
+        super().__init__(cloud)
+        self.cloud = cloud
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            # Registrations run concurrently; (type, name) identifies a resource in this program.
+            record = self.cloud.registered[(request.type, request.name)]
+            dependencies = set(request.dependencies)
+            for urns in request.propertyDependencies.values():
+                dependencies |= set(urns.urns)
+            if request.provider:
+                # A provider reference is "<urn>::<id>"; the engine orders a resource after its provider.
+                dependencies.add(request.provider.rsplit("::", 1)[0])
+            record.urn, record.parent, record.custom = response.urn, request.parent, bool(request.custom)
+            record.dependencies = dependencies
+        return response
 
 
 def _pem_key(key) -> str:
@@ -144,6 +171,7 @@ class FakeCloud(pulumi.runtime.Mocks):
     public_prefix: str = "203.0.113"
 
     def __post_init__(self):
+        self.registered: dict[tuple[str, str], Registered] = {}
         self._private = itertools.count(10)
         self._public = itertools.count(10)
 
@@ -164,7 +192,9 @@ class FakeCloud(pulumi.runtime.Mocks):
             if name not in self.stack_outputs:
                 raise KeyError(f"no fake outputs for stack {name}")
             outputs = {"name": name, "outputs": self.stack_outputs[name], "secretOutputNames": []}
-        self.resources.append(Registered(t, args.name, dict(args.inputs), outputs, args.provider or "", getattr(args, "parent", "") or ""))
+        record = Registered(t, args.name, dict(args.inputs), outputs, args.provider or "")
+        self.registered[(t, args.name)] = record
+        self.resources.append(record)
         return [f"{args.name}-id", outputs]
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -175,6 +205,31 @@ class FakeCloud(pulumi.runtime.Mocks):
             key = args.args.get("name") or args.args.get("networkId")
             return {"id": f"net-{key}", "name": key}
         return {}
+
+    def install(self, *, project: str, stack: str) -> None:
+        """Installs these mocks (with preview=False, so every apply runs) before any program code runs."""
+        pulumi.runtime.set_mocks(self, project=project, stack=stack, preview=False, monitor=RecordingMonitor(self))
+
+    def by_urn(self) -> dict[str, Registered]:
+        return {r.urn: r for r in self.resources}
+
+    def depends_on(self, resource: Registered, other: Registered) -> bool:
+        """True when `resource` transitively depends on `other` (through inputs, depends_on or parents' deps)."""
+        graph, seen, stack = self.by_urn(), set(), [resource.urn]
+        while stack:
+            urn = stack.pop()
+            if urn == other.urn:
+                return True
+            if urn in seen or urn not in graph:
+                continue
+            seen.add(urn)
+            stack.extend(graph[urn].dependencies)
+        return False
+
+    def named(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, got {len(found)}"
+        return found[0]
 
     def of_type(self, suffix: str) -> list[Registered]:
         return [r for r in self.resources if r.type.endswith(suffix)]

@@ -11,7 +11,7 @@ import runpy
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import yaml
@@ -25,10 +25,8 @@ PROJECT = "crdb-federation"
 
 
 def resolve(value: Any) -> Any:
-    """The value of an Output (or plain value), after the mocks have produced it."""
-    if isinstance(value, pulumi.Output):
-        return _sync_await(value.future())
-    return value
+    """The value of an Output, or of a structure holding Outputs, after the mocks have produced it."""
+    return _sync_await(pulumi.Output.from_input(value).future())
 
 
 @dataclass
@@ -67,11 +65,14 @@ def run_program(
     stack: str = "test",
     secrets: Optional[dict[str, str]] = None,
     stack_outputs: Optional[dict[str, dict[str, Any]]] = None,
+    cloud: Optional[FakeCloud] = None,
 ) -> ProgramRun:
     # Each stack gets its own public range, as each cloud has its own floating IPs.
     prefix = f"198.18.{zlib.crc32(stack.encode()) % 250}" if stack != "test" else "203.0.113"
-    cloud = FakeCloud(stack_outputs=dict(stack_outputs or {}), public_prefix=prefix)
-    pulumi.runtime.set_mocks(cloud, project=PROJECT, stack=stack, preview=False)
+    cloud = cloud or FakeCloud()
+    cloud.stack_outputs.update(stack_outputs or {})
+    cloud.public_prefix = prefix
+    cloud.install(project=PROJECT, stack=stack)
     all_config = {f"{PROJECT}:{k}": _config_string(v) for k, v in config.items()}
     all_config.update({f"{PROJECT}:{k}": v for k, v in (secrets or {}).items()})
     pulumi.runtime.set_all_config(all_config, [f"{PROJECT}:{k}" for k in (secrets or {})])
@@ -91,3 +92,17 @@ def run_program(
         pulumi.export = original_export
     program_globals["_exports"] = exports
     return ProgramRun(cloud, program_globals)
+
+
+def evaluate(build: Callable[[], Any]) -> Any:
+    """Runs `build` (which creates resources) under the installed mocks, waits for every registration and
+    apply, and returns its result with every Output resolved."""
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def run():
+        return pulumi.Output.from_input(build()).apply(lambda value: result.__setitem__("value", value))
+
+    run()
+    assert "value" in result, "the build's outputs never resolved"
+    return result["value"]

@@ -39,8 +39,8 @@ def run_start_script(tmp_path, script, node_name, addresses=None):
     """Runs the container command as Kubernetes would, returning (exit code, argv given to cockroach, stderr)."""
     address_dir = tmp_path / "addresses"
     address_dir.mkdir(exist_ok=True)
-    for name, line in (addresses or {n.name: f"{n.public_ip} {n.private_ip}" for n in NODES}).items():
-        (address_dir / name).write_text(line + "\n")
+    for name, line in (addresses or m.render_address_config_map(spec())["data"]).items():
+        (address_dir / name).write_text(line)
     fake = tmp_path / "cockroach"
     fake.write_text(FAKE_COCKROACH)
     fake.chmod(0o755)
@@ -85,6 +85,12 @@ def test_unknown_node_fails_clearly_without_starting(tmp_path):
     code, argv, stderr = run_start_script(tmp_path, m.render_start_script(spec()), "stranger")
     assert code == 1 and argv is None
     assert "no advertised addresses for node stranger" in stderr
+
+
+def test_address_file_without_final_newline_still_starts(tmp_path):
+    code, argv, stderr = run_start_script(tmp_path, m.render_start_script(spec()), "x", {"x": "203.0.113.9 10.0.0.9"})
+    assert code == 0, stderr
+    assert "--advertise-addr=203.0.113.9:26257" in argv
 
 
 def test_malformed_address_file_fails(tmp_path):
@@ -188,8 +194,8 @@ def test_services_and_budget():
 
 def test_address_map_is_keyed_by_node_name():
     assert m.render_address_config_map(spec())["data"] == {
-        "vexxhost-k3s-0": "203.0.113.10 10.20.0.10", "vexxhost-k3s-1": "203.0.113.11 10.20.0.11",
-        "vexxhost-k3s-2": "203.0.113.12 10.20.0.12"}
+        "vexxhost-k3s-0": "203.0.113.10 10.20.0.10\n", "vexxhost-k3s-1": "203.0.113.11 10.20.0.11\n",
+        "vexxhost-k3s-2": "203.0.113.12 10.20.0.12\n"}
 
 
 def test_changed_join_list_changes_the_pod_template():

@@ -1,0 +1,198 @@
+"""Each component under mocks (installed per test, preview=False). `evaluate` builds the component,
+waits until every resource is registered and every Output resolved, then the test asserts."""
+
+import base64
+
+import pulumi
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from tests.fakes import FakeCloud
+from tests.harness import evaluate
+from tests.test_settings import VALID
+from tests.validators import assert_valid_cloud_config
+
+
+@pytest.fixture
+def cloud():
+    fake = FakeCloud()
+    fake.install(project="crdb-federation", stack="test")
+    return fake
+
+
+def settings(**overrides):
+    from components.settings import parse_settings
+    return parse_settings({**VALID, **overrides}, "vexxhost")
+
+
+EXISTING = dict(networkMode="existing", publicAddressing="fixed", existingNetwork="provider-net")
+
+
+def test_managed_network(cloud):
+    from components.network import Network
+    evaluate(lambda: Network("m", settings(mtu="1450", dnsServers='["9.9.9.9"]').network).subnet_id)
+    net = cloud.one("networking/network:Network")
+    assert net.inputs["mtu"] == 1450
+    subnet = cloud.one("networking/subnet:Subnet")
+    assert subnet.inputs["cidr"] == "10.20.0.0/24" and subnet.inputs["dnsNameservers"] == ["9.9.9.9"]
+    router = cloud.one("networking/router:Router")
+    assert router.inputs["externalNetworkId"] == "net-public"
+    assert ("openstack:networking/getNetwork:getNetwork", {"external": True, "name": "public"}) in cloud.invokes
+    interface = cloud.one("routerInterface:RouterInterface")
+    assert cloud.depends_on(interface, router) and cloud.depends_on(interface, subnet)
+
+
+def test_existing_network_is_looked_up_not_created(cloud):
+    from components.network import Network
+    network = evaluate(lambda: Network("m", settings(**EXISTING).network))
+    assert evaluate(lambda: network.network_id) == "net-provider-net"
+    assert not cloud.of_type("networking/network:Network") and not cloud.of_type("Router")
+    assert network.subnet_id is None and network.gateway is None
+
+
+def test_existing_network_by_uuid(cloud):
+    from components.network import Network
+    uuid = "0b3c5a1e-1111-2222-3333-444455556666"
+    assert evaluate(lambda: Network("m", settings(**{**EXISTING, "existingNetwork": uuid}).network).network_id) == \
+        f"net-{uuid}"
+    assert any(args.get("networkId") == uuid for _, args in cloud.invokes)
+
+
+def _rules(cloud):
+    groups = {r.outputs.get("name"): r for r in cloud.of_type("secGroup:SecGroup")}
+    by_id = {f"{r.name}-id": name for name, r in groups.items()}
+    return [(by_id[r.inputs["securityGroupId"]], r.inputs) for r in cloud.of_type("secGroupRule:SecGroupRule")]
+
+
+def test_security_groups_open_only_what_is_needed(cloud):
+    from components.security import SecurityGroups
+    s = settings(adminCidrs='["198.51.100.0/24", "2001:db8::/48"]', federationCidrs='["0.0.0.0/0"]')
+    evaluate(lambda: SecurityGroups("m", s.network, ssh=False).group_ids)
+    rules = _rules(cloud)
+    world = [inputs for _, inputs in rules if inputs.get("remoteIpPrefix") in ("0.0.0.0/0", "::/0")]
+    assert [(w["portRangeMin"], w["protocol"]) for w in world] == [(26257, "tcp")]
+    for group, inputs in rules:
+        port = inputs.get("portRangeMin")
+        assert port not in (8472, 10250, 2379, 2380, 22)
+        if port in (6443, 8080):
+            assert inputs["remoteIpPrefix"] in ("198.51.100.0/24", "2001:db8::/48")
+        if inputs.get("remoteIpPrefix") == "2001:db8::/48":
+            assert inputs["ethertype"] == "IPv6"
+    self_rules = [(g, i) for g, i in rules if "remoteGroupId" in i]
+    assert {i["ethertype"] for _, i in self_rules} == {"IPv4", "IPv6"}
+    assert all(i["remoteGroupId"] == i["securityGroupId"] and g == "m-nodes" for g, i in self_rules)
+    assert all(r["direction"] == "ingress" for _, r in rules)
+
+
+def test_ssh_only_with_a_key_and_only_from_admins(cloud):
+    from components.security import SecurityGroups
+    evaluate(lambda: SecurityGroups("m", settings().network, ssh=True).group_ids)
+    ssh = [i for _, i in _rules(cloud) if i.get("portRangeMin") == 22]
+    assert [i["remoteIpPrefix"] for i in ssh] == ["198.51.100.0/24"]
+
+
+def _addresses(cloud, s, names=("m-k3s-0", "m-k3s-1")):
+    from components.addresses import NodeAddresses
+    from components.network import Network
+    network = Network("m", s.network)
+    return NodeAddresses("m", list(names), settings=s.network, network=network, security_group_ids=["sg-1", "sg-2"])
+
+
+def test_floating_addresses_exist_before_servers(cloud):
+    addresses = evaluate(lambda: _addresses(cloud, settings()))
+    private, public = evaluate(lambda: [addresses.nodes[1].private_ip, addresses.nodes[1].public_ip])
+    assert private.startswith("10.20.0.") and public.startswith("203.0.113.")
+    port = cloud.named("m-k3s-1-port")
+    assert port.inputs["securityGroupIds"] == ["sg-1", "sg-2"]
+    assert port.inputs["fixedIps"] == [{"subnetId": "m-subnet-id"}]
+    association = cloud.named("m-k3s-1-fip-assoc")
+    assert association.inputs["portId"] == "m-k3s-1-port-id" and association.inputs["floatingIp"] == public
+    # Neutron only associates a floating IP once the subnet is routed to the external network.
+    assert cloud.depends_on(association, cloud.named("m-router-if"))
+    assert cloud.named("m-k3s-1-fip").inputs["pool"] == "public"
+    assert len(addresses.reachable) == 3  # router interface and two associations
+
+
+def test_fixed_addresses_are_the_port_addresses(cloud):
+    addresses = evaluate(lambda: _addresses(cloud, settings(**EXISTING)))
+    private, public = evaluate(lambda: [addresses.nodes[0].private_ip, addresses.nodes[0].public_ip])
+    assert private == public
+    assert not cloud.of_type("FloatingIp") and not cloud.of_type("FloatingIpAssociate")
+    assert "fixedIps" not in cloud.named("m-k3s-0-port").inputs
+
+
+def test_first_ipv4_skips_ipv6():
+    from components.addresses import first_ipv4
+    assert first_ipv4(["2001:db8::5", "192.0.2.7"]) == "192.0.2.7"
+    with pytest.raises(ValueError, match="no IPv4"):
+        first_ipv4(["2001:db8::5"])
+
+
+def _pem_cert(text):
+    return x509.load_pem_x509_certificate(text.encode())
+
+
+def test_k3s_cluster_certificate_wiring(cloud):
+    from components.kubernetes import K3sCluster
+    from components.cloudinit import K3S_TLS_DIR
+    s = settings(sshPublicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample op@laptop", nodeCount="3")
+    kubeconfig = evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1", "m-k3s-2"])).kubeconfig)
+    servers = {r.name: r for r in cloud.of_type("compute/instance:Instance")}
+    assert sorted(servers) == ["m-k3s-0", "m-k3s-1", "m-k3s-2"]
+    server_data = cloud.registered[("openstack:compute/instance:Instance", "m-k3s-0")].outputs["userData"]
+    assert_valid_cloud_config(server_data)
+    files = {f["path"]: f["content"] for f in yaml.safe_load(server_data)["write_files"]}
+    server_ca = _pem_cert(files[f"{K3S_TLS_DIR}/server-ca.crt"])
+    client_ca = _pem_cert(files[f"{K3S_TLS_DIR}/client-ca.crt"])
+    for name in ("server-ca", "client-ca", "request-header-ca", "etcd/peer-ca", "etcd/server-ca"):
+        cert = _pem_cert(files[f"{K3S_TLS_DIR}/{name}.crt"])
+        key = files[f"{K3S_TLS_DIR}/{name}.key"]
+        assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        from cryptography.hazmat.primitives import serialization
+        assert serialization.load_pem_private_key(key.encode(), None).public_key() == cert.public_key()
+    assert "BEGIN RSA PRIVATE KEY" in files[f"{K3S_TLS_DIR}/service.key"] or \
+        "BEGIN PRIVATE KEY" in files[f"{K3S_TLS_DIR}/service.key"]
+
+    config = yaml.safe_load(kubeconfig)
+    cluster_entry = config["clusters"][0]["cluster"]
+    assert cluster_entry["server"] == "https://203.0.113.10:6443"
+    trusted = x509.load_pem_x509_certificate(base64.b64decode(cluster_entry["certificate-authority-data"]))
+    assert trusted == server_ca  # the kubeconfig trusts exactly the CA k3s serves with
+    admin = x509.load_pem_x509_certificate(base64.b64decode(config["users"][0]["user"]["client-certificate-data"]))
+    admin.verify_directly_issued_by(client_ca)  # signed by the client CA written to the server
+    assert admin.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+
+    for agent in ("m-k3s-1", "m-k3s-2"):
+        data = cloud.registered[("openstack:compute/instance:Instance", agent)].outputs["userData"]
+        assert_valid_cloud_config(data)
+        assert "PRIVATE KEY" not in data
+        assert servers[agent].inputs["flavorName"] == s.openstack.agent_flavor
+    server = servers["m-k3s-0"]
+    assert server.inputs["networks"] == [{"port": "m-k3s-0-port-id"}]
+    assert server.inputs["keyPair"] == "m-ssh"
+    assert server.inputs["schedulerHints"] == [{"group": "m-spread-id"}]
+    assert server.inputs["blockDevices"] == [{
+        "sourceType": "image", "uuid": "image-ubuntu-24.04", "destinationType": "volume", "volumeSize": 40,
+        "bootIndex": 0, "deleteOnTermination": True}]
+    assert cloud.one("ServerGroup").inputs["policies"] == "soft-anti-affinity"
+
+    gate = cloud.one("dynamic:Resource")
+    assert gate.outputs["url"] == "https://203.0.113.10:6443/readyz"
+    assert cloud.depends_on(gate, cloud.named("m-k3s-0"))
+    for association in cloud.of_type("FloatingIpAssociate"):
+        assert cloud.depends_on(gate, association)
+    # Agents boot in parallel with the server: they know its private address from its port.
+    assert not cloud.depends_on(cloud.named("m-k3s-1"), cloud.named("m-k3s-0"))
+
+
+def test_existing_cluster_takes_kubeconfig_from_config(cloud):
+    from components.kubernetes import ExistingCluster
+    from components.settings import parse_settings
+    kubeconfig = yaml.safe_dump({"clusters": [{"name": "magnum", "cluster": {"server": "https://192.0.2.1:6443"}}]})
+    s = parse_settings({**VALID, "kubernetesMode": "existing", "existingNodes": '["node-a 192.0.2.10 10.0.0.10"]'},
+                       "m", {"kubeconfig": pulumi.Output.secret(kubeconfig)})
+    endpoint, public = evaluate(lambda: (lambda c: [c.api_endpoint, c.nodes[0].public_ip])(ExistingCluster("m", s)))
+    assert endpoint == "https://192.0.2.1:6443" and public == "192.0.2.10"
+    assert not cloud.of_type("compute/instance:Instance")
