@@ -108,10 +108,9 @@ class CockroachNodes(pulumi.ComponentResource):
 
         namespace = self._apply(k8s.core.v1.Namespace, f"{name}-ns", spec.apply(m.render_namespace), k8s_opts, fields=())
         in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace]))
-        addresses = self._apply(
+        self._apply(
             k8s.core.v1.ConfigMap, f"{name}-addresses", spec.apply(m.render_address_config_map), in_namespace, fields=("data",))
 
-        secrets: list[pulumi.Resource] = []
         self.node_cert_pem = self.root_cert_pem = self.root_key_pem = None
         if not c.insecure:
             node_key, node_cert = pki.signed_certificate(
@@ -126,31 +125,32 @@ class CockroachNodes(pulumi.ComponentResource):
                 opts=child,
             )
             self.node_cert_pem = node_cert.cert_pem
-            secrets.append(self._secret(name, spec, m.NODE_SECRET, {
+            self._secret(name, spec, m.NODE_SECRET, {
                 "ca.crt": federation.ca_cert_pem, "node.crt": node_cert.cert_pem, "node.key": node_key.private_key_pem,
-            }, in_namespace))
+            }, in_namespace)
             if c.is_seed:
                 root_key, root_cert = pki.signed_certificate(
                     f"{name}-root", ca_cert_pem=federation.ca_cert_pem, ca_key_pem=federation.ca_key_pem,
                     common_name="root", uses=pki.CLIENT_ONLY, rsa=True, opts=child,
                 )
                 self.root_cert_pem, self.root_key_pem = root_cert.cert_pem, pulumi.Output.secret(root_key.private_key_pem)
-                secrets.append(self._secret(name, spec, m.CLIENT_SECRET, {
+                self._secret(name, spec, m.CLIENT_SECRET, {
                     "ca.crt": federation.ca_cert_pem, "client.root.crt": root_cert.cert_pem,
                     "client.root.key": root_key.private_key_pem,
-                }, in_namespace))
+                }, in_namespace)
 
         for index, service in enumerate(("headless", "public")):
             self._apply(k8s.core.v1.Service, f"{name}-{service}", spec.apply(lambda s, i=index: m.render_services(s)[i]), in_namespace)
         self._apply(k8s.policy.v1.PodDisruptionBudget, f"{name}-pdb", spec.apply(m.render_pod_disruption_budget), in_namespace)
-        pods_need = pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(depends_on=[addresses, *secrets]))
-        self.statefulset = self._apply(k8s.apps.v1.StatefulSet, f"{name}-sts", spec.apply(m.render_statefulset), pods_need)
+        # Not after the ConfigMap and Secrets: the kubelet holds pods until their volumes exist, so waiting
+        # here would only serialise what Kubernetes already orders.
+        self.statefulset = self._apply(k8s.apps.v1.StatefulSet, f"{name}-sts", spec.apply(m.render_statefulset), in_namespace)
 
         self.init_job = self.replication_job = None
         if c.is_seed:
             host = privates.apply(lambda ips: ips[0])
             # Not after the StatefulSet: its pods only become ready once this job has initialised the cluster.
-            jobs_need = pulumi.ResourceOptions.merge(pods_need, pulumi.ResourceOptions(delete_before_replace=True))
+            jobs_need = pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(delete_before_replace=True))
             init = pulumi.Output.all(spec, host).apply(lambda v: m.render_job(v[0], "init", m.render_init_script(v[0], v[1])))
             self.init_job = self._apply(k8s.batch.v1.Job, f"{name}-init", init, jobs_need)
             replication = pulumi.Output.all(spec, host).apply(lambda v: m.render_job(

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up and runs `pulumi up` for one stack (default: the seed) on a local file state backend.
+# Usage: scripts/up.sh [STACK] [extra pulumi up flags, e.g. --yes]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stack="${1:-seed}"
+shift || true
+
+fail() { echo "error: $*" >&2; exit 2; }
+
+if [ ! -f "stacks/Pulumi.$stack.yaml" ]; then
+  known=$(for f in stacks/Pulumi.*.yaml; do f=${f#stacks/Pulumi.}; printf '%s ' "${f%.yaml}"; done)
+  fail "no stack file stacks/Pulumi.$stack.yaml (stacks: $known)"
+fi
+command -v pulumi >/dev/null 2>&1 || fail "the Pulumi CLI is not installed. Install it (https://www.pulumi.com/docs/iac/download-install/), then run this again."
+
+[ -x venv/bin/python ] || python3 -m venv venv
+venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+
+# Credentials: the clouds.yaml entry the stack names, where every OpenStack tool looks for it.
+venv/bin/python scripts/check_credentials.py "stacks/Pulumi.$stack.yaml" || exit 2
+
+# State: a local file backend unless the caller chose another (e.g. PULUMI_BACKEND_URL=s3://...).
+if [ -z "${PULUMI_BACKEND_URL:-}" ]; then
+  mkdir -p .pulumi-state
+  export PULUMI_BACKEND_URL="file://$PWD/.pulumi-state"
+fi
+case "$PULUMI_BACKEND_URL" in
+  file://*|s3://*|gs://*|azblob://*)
+    if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+      fail "set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE): it encrypts this stack's secrets (CA keys, kubeconfig)"
+    fi ;;
+esac
+
+pulumi stack select --create --stack "$stack" --non-interactive
+exec pulumi up --stack "$stack" "$@"

@@ -1,0 +1,86 @@
+"""Every stack file of the federation evaluates under mocks, fed by the seed's real outputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.settings import SECRET_KEYS
+from tests.harness import ROOT, run_program, stack_config
+from tests.test_program import kubernetes_manifests
+from tests.validators import assert_valid_cloud_config, assert_valid_kubernetes
+
+OPERATORS = ["canonical", "easystack", "huawei", "ibm", "netapp", "otc", "platform9", "rackspace", "redhat", "suse",
+             "t2cloud", "vexxhost", "vmware", "wind", "zte"]
+SEED_STACK = "organization/crdb-federation/seed"
+
+
+def stack_names():
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def test_the_federation_has_a_seed_and_fifteen_operators():
+    assert stack_names() == sorted(["seed", *OPERATORS])
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_stack_file_hygiene(stack):
+    text = (ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text()
+    document = yaml.safe_load(text)
+    assert document["config"]["pulumi:disable-default-providers"] == ["*"]
+    config = stack_config(stack)
+    for key in SECRET_KEYS:
+        assert key not in config or isinstance(config[key], dict) and "secure" in config[key], key
+    for word in ("password", "application_credential_secret", "BEGIN PRIVATE KEY"):
+        assert word not in text
+    assert "ADAPT" in text
+    if stack != "seed":
+        assert config["seedStack"] == SEED_STACK
+
+
+def _mock_values(config):
+    return {k: v for k, v in config.items()}
+
+
+@pytest.fixture(scope="module")
+def seed_run():
+    return run_program(_mock_values(stack_config("seed")), stack="seed")
+
+
+@pytest.fixture(scope="module")
+def seed_outputs(seed_run):
+    return {name: seed_run.output(name) for name in seed_run.globals["_exports"]}
+
+
+def _check_run(run):
+    servers = run.cloud.of_type("compute/instance:Instance")
+    assert servers
+    for server in servers:
+        assert_valid_cloud_config(server.outputs["userData"])
+    for manifest in kubernetes_manifests(run):
+        assert_valid_kubernetes(json.loads(json.dumps(manifest), parse_float=lambda f: int(float(f))))
+
+
+def test_seed_stack(seed_run, seed_outputs):
+    _check_run(seed_run)
+    assert seed_outputs["role"] == "seed"
+    assert len(seed_outputs["joinAddresses"]) >= 3
+
+
+@pytest.mark.parametrize("stack", OPERATORS)
+def test_operator_stack_joins_through_the_seed(stack, seed_outputs):
+    config = stack_config(stack)
+    run = run_program(_mock_values(config), stack=stack, stack_outputs={SEED_STACK: seed_outputs})
+    _check_run(run)
+    assert run.output("caCertificate") == seed_outputs["caCertificate"]
+    script = run.cloud.one(":StatefulSet").inputs["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    assert f'"--join={",".join(seed_outputs["joinAddresses"])}"' in script
+    assert f'"--locality=cloud={stack},region={config["region"]},zone={config["availabilityZone"]}"' in script
+    nodes = run.output("nodes")
+    assert len(nodes) == config["nodeCount"]
+    if config["publicAddressing"] == "fixed":
+        assert all(n["publicIp"] == n["privateIp"] for n in nodes)
+        assert not run.cloud.of_type("FloatingIp")
+    else:
+        assert len(run.cloud.of_type("FloatingIpAssociate")) == config["nodeCount"]
