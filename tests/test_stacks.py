@@ -84,3 +84,14 @@ def test_operator_stack_joins_through_the_seed(stack, seed_outputs):
         assert not run.cloud.of_type("FloatingIp")
     else:
         assert len(run.cloud.of_type("FloatingIpAssociate")) == config["nodeCount"]
+
+
+def test_pull_request_previews_cover_every_stack():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    preview = workflow["jobs"]["preview"]
+    assert sorted(preview["strategy"]["matrix"]["stack"]) == stack_names()
+    action = next(step for step in preview["steps"] if str(step.get("uses", "")).startswith("pulumi/actions@"))
+    assert action["with"]["command"] == "preview" and action["with"]["comment-on-pr"] is True
+    assert "cloud-url" in action["with"] and "secrets-provider" in action["with"]
+    test_job = workflow["jobs"]["test"]
+    assert any("scripts/test.sh" in str(step.get("run", "")) for step in test_job["steps"])
