@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v cloud-init >/dev/null 2>&1 || missing+=(cloud-init)
+# Headless Chromium loads the HTML report in the federation tool's tests.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,0 +1,176 @@
+"""python -m federation {join,preview,destroy,status,report}: the whole federation from one terminal."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from rich.console import Console
+from rich.live import Live
+
+from . import timeline
+from .dashboard import progress_table, summary_table
+from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently
+
+SEED = "seed"
+
+
+def stack_names() -> list[str]:
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m federation", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("join", "make sure the seed is up, then `pulumi up` every chosen member at once"),
+                       ("preview", "`pulumi preview` every chosen stack at once")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("stacks", nargs="*", help="stacks (default: every member; preview: every stack)")
+        command.add_argument("--seed", default=SEED, help="the seed stack (default: %(default)s)")
+        command.add_argument("--parallel", type=int, default=16, help="stacks at once (default: %(default)s)")
+        command.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="timelines, reports and logs")
+        command.add_argument("--no-dashboard", action="store_true", help="print the summary only")
+    destroy = commands.add_parser("destroy", help="destroy one member, after its nodes are decommissioned")
+    destroy.add_argument("stack")
+    destroy.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    destroy.add_argument("--confirm-decommissioned", action="store_true",
+                         help="its CockroachDB nodes have reached 'decommissioned' (README: Remove a cloud)")
+    status = commands.add_parser("status", help="nodes per cloud, liveness and replication health over SQL")
+    status.add_argument("--seed", default=SEED)
+    status.add_argument("--host", help="a node to connect to (default: the seed's first join address)")
+    status.add_argument("--certs-dir", type=Path, help="ca.crt, client.root.crt, client.root.key (default: from the seed)")
+    report = commands.add_parser("report", help="render a run's timeline JSON as a self-contained HTML report")
+    report.add_argument("timeline", type=Path)
+    report.add_argument("-o", "--output", type=Path)
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> int:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    return 2
+
+
+def require_pulumi_cli() -> Optional[int]:
+    if shutil.which("pulumi") is None:
+        return fail("the Pulumi CLI is not installed or not on PATH; install it "
+                    "(https://www.pulumi.com/docs/iac/download-install/) and run this again")
+    return None
+
+
+def orchestrate(run: Run, work: Callable[[], None], dashboard: bool, console: Console) -> int:
+    title = f"crdb-federation {run.operation}"
+    if dashboard:
+        with Live(get_renderable=lambda: progress_table(run.snapshot(), run.now(), title), console=console,
+                  refresh_per_second=4):
+            work()
+    else:
+        work()
+    clouds = run.snapshot()
+    console.print(summary_table(clouds))
+    record = timeline.timeline(run.operation, run.started_wall, clouds)
+    path = timeline.save(record, run.log_dir.parent)
+    report = path.with_suffix(".html")
+    report.write_text(timeline.render_report(record))
+    console.print(f"timeline: {path}\nreport: {report}\nlogs: {run.log_dir}/<stack>.log")
+    failed = [c.stack for c in clouds if c.status != "succeeded"]
+    if failed:
+        console.print(f"[bold red]failed:[/] {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def run_dir(base: Path, operation: str) -> Path:
+    import time
+    return base / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{operation}" / "logs"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    if args.command == "report":
+        if not args.timeline.is_file():
+            return fail(f"no timeline file {args.timeline}")
+        import json
+        output = args.output or args.timeline.with_suffix(".html")
+        output.write_text(timeline.render_report(json.loads(args.timeline.read_text())))
+        console.print(f"report: {output}")
+        return 0
+
+    known = stack_names()
+    chosen = getattr(args, "stacks", None) or ([args.stack] if getattr(args, "stack", None) else [])
+    unknown = [s for s in chosen if s not in known]
+    if unknown:
+        return fail(f"unknown stack(s) {', '.join(unknown)}; stacks: {', '.join(known)}")
+    if args.command == "destroy":
+        if args.stack == SEED:
+            return fail("the seed holds the established cluster and the federation CA; it is not destroyed from here")
+        if not args.confirm_decommissioned:
+            return fail(f"decommission the CockroachDB nodes of '{args.stack}' first (README: Remove a cloud), "
+                        "then pass --confirm-decommissioned")
+    if args.command in ("join", "preview", "destroy") or not (args.host and args.certs_dir):
+        missing = require_pulumi_cli()
+        if missing is not None:
+            return missing
+    default_backend()
+
+    if args.command == "join":
+        members = [s for s in (args.stacks or known) if s != args.seed]
+        run = Run(members, "up", run_dir(args.runs_dir, "join"))
+        stacks = [LazyStack(name) for name in members]
+        return orchestrate(run, lambda: join(run, LazyStack(args.seed), stacks, args.parallel),
+                           not args.no_dashboard, console)
+    if args.command == "preview":
+        names = args.stacks or known
+        run = Run(names, "preview", run_dir(args.runs_dir, "preview"))
+        return orchestrate(run, lambda: run_concurrently(run, [LazyStack(n) for n in names], args.parallel),
+                           not args.no_dashboard, console)
+    if args.command == "destroy":
+        run = Run([args.stack], "destroy", run_dir(args.runs_dir, "destroy"))
+        return orchestrate(run, lambda: run_concurrently(run, [LazyStack(args.stack)], 1), True, console)
+    return status_command(args, console)
+
+
+def status_command(args: argparse.Namespace, console: Console) -> int:
+    from .status import collect, connect, render, write_client_certs
+
+    host, certs = args.host, args.certs_dir
+    with tempfile.TemporaryDirectory(prefix="crdb-federation-certs-") as scratch:
+        if host is None or certs is None:
+            outputs = LazyStack(args.seed).outputs()
+            if not outputs.get("joinAddresses"):
+                return fail(f"the seed stack '{args.seed}' has no joinAddresses output; bring it up first")
+            host = host or outputs["joinAddresses"][0].rsplit(":", 1)[0]
+            certs = certs or write_client_certs(outputs, Path(scratch))
+        try:
+            with connect(host, certs) as connection:
+                render(collect(connection), console)
+        except Exception as error:  # a clear message, not a traceback
+            return fail(f"cannot query the federation at {host}:26257: {error}")
+    return 0
+
+
+class LazyStack:
+    """Selects the Automation API stack on first use, inside the worker thread that runs it."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._stack: Optional[PulumiStack] = None
+
+    def _get(self) -> PulumiStack:
+        if self._stack is None:
+            self._stack = PulumiStack(self.name)
+        return self._stack
+
+    def run(self, operation, on_event, on_output) -> None:
+        self._get().run(operation, on_event, on_output)
+
+    def outputs(self) -> dict:
+        return self._get().outputs()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The live terminal dashboard: a row per cloud, and the summary sorted by elapsed time."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.table import Table
+
+from .progress import PHASES, CloudProgress
+
+STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red"}
+
+
+def progress_table(clouds: Sequence[CloudProgress], now: float, title: str) -> Table:
+    table = Table(title=title, expand=False)
+    for column in ("cloud", "phase", "resources", "elapsed", "status"):
+        table.add_column(column, justify="right" if column in ("resources", "elapsed") else "left")
+    for cloud in clouds:
+        phase = cloud.phase or "-"
+        position = f" {PHASES.index(cloud.phase) + 1}/{len(PHASES)}" if cloud.phase else ""
+        resources = f"{cloud.resources_done}/{cloud.resources_started}"
+        elapsed = f"{cloud.elapsed_at(now):6.1f}s" if cloud.started_at is not None else "-"
+        table.add_row(cloud.stack, phase + position, resources, elapsed,
+                      f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]")
+    return table
+
+
+def summary_table(clouds: Sequence[CloudProgress]) -> Table:
+    """Clouds that joined by elapsed time, fastest first; then the others with their last error lines."""
+    table = Table(title="summary (fastest first)")
+    for column in ("#", "cloud", "status", "elapsed", "last error"):
+        table.add_column(column)
+    ordered = sorted(clouds, key=lambda c: (c.status != "succeeded", c.elapsed is None, c.elapsed or 0.0, c.stack))
+    for rank, cloud in enumerate(ordered, 1):
+        elapsed = f"{cloud.elapsed:.1f}s" if cloud.elapsed is not None else "-"
+        table.add_row(str(rank), cloud.stack, f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]", elapsed,
+                      cloud.error if cloud.status == "failed" else "")
+    return table

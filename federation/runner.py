@@ -1,0 +1,139 @@
+"""Runs Pulumi operations on many stacks at once: bounded parallelism, one failure never stops the others,
+each stack's full log in its own file."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from .progress import CloudProgress
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "crdb-federation"
+OPERATIONS = ("up", "preview", "destroy")
+
+
+class Stack(Protocol):
+    """What the orchestrator needs of a stack; PulumiStack is the real one, tests use fakes."""
+
+    name: str
+
+    def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None: ...
+
+    def outputs(self) -> dict[str, Any]: ...
+
+
+class PulumiStack:
+    """A stack of this project through the Automation API (a LocalWorkspace over the project directory,
+    so the CLI reads stacks/Pulumi.<name>.yaml as `pulumi up` does)."""
+
+    def __init__(self, name: str, work_dir: Path = ROOT):
+        from pulumi import automation as auto
+
+        self.name = name
+        self._stack = auto.create_or_select_stack(stack_name=name, work_dir=str(work_dir))
+
+    def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
+        method = getattr(self._stack, operation)
+        method(on_event=on_event, on_output=on_output, color="never")
+
+    def outputs(self) -> dict[str, Any]:
+        return {key: value.value for key, value in self._stack.outputs().items()}
+
+
+def default_backend() -> None:
+    """The same local file backend as scripts/up.sh unless PULUMI_BACKEND_URL says otherwise."""
+    if not os.environ.get("PULUMI_BACKEND_URL"):
+        state = ROOT / ".pulumi-state"
+        state.mkdir(exist_ok=True)
+        os.environ["PULUMI_BACKEND_URL"] = f"file://{state}"
+
+
+class Run:
+    """One orchestrated run: the progress of every cloud, on one clock that starts with the run."""
+
+    def __init__(self, names: Sequence[str], operation: str, log_dir: Path,
+                 clock: Callable[[], float] = time.monotonic):
+        if operation not in OPERATIONS:
+            raise ValueError(f"operation must be one of {OPERATIONS}, not {operation!r}")
+        self.operation = operation
+        self.log_dir = log_dir
+        self.clock = clock
+        self.t0 = clock()
+        self.started_wall = time.time()
+        self.progress = {name: CloudProgress(name) for name in names}
+        self.lock = threading.Lock()
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def now(self) -> float:
+        return self.clock() - self.t0
+
+    def execute(self, stack: Stack) -> CloudProgress:
+        """Runs the operation on one stack; any failure is recorded, never raised."""
+        progress = self.progress[stack.name]
+        with self.lock:
+            progress.start(self.now())
+        with open(self.log_dir / f"{stack.name}.log", "w", encoding="utf-8") as log:
+            def on_output(line: str) -> None:
+                log.write(line.rstrip("\n") + "\n")
+                log.flush()
+
+            def on_event(event: Any) -> None:
+                with self.lock:
+                    progress.on_event(event, self.now())
+
+            try:
+                stack.run(self.operation, on_event, on_output)
+                error: Optional[BaseException] = None
+            except Exception as caught:  # one cloud's failure must not stop the others
+                error = caught
+                log.write("".join(traceback.format_exception(caught)))
+            with self.lock:
+                progress.finish(self.now(), error)
+        return progress
+
+    def add(self, name: str) -> None:
+        with self.lock:
+            self.progress = {name: CloudProgress(name), **self.progress}
+
+    def skip(self, name: str, reason: str) -> None:
+        with self.lock:
+            progress = self.progress[name]
+            progress.start(self.now())
+            progress.finish(self.now(), RuntimeError(reason))
+
+    def snapshot(self) -> list[CloudProgress]:
+        with self.lock:
+            return [CloudProgress(**{**p.__dict__, "phases": dict(p.phases)}) for p in self.progress.values()]
+
+
+def run_concurrently(run: Run, stacks: Sequence[Stack], parallelism: int) -> None:
+    if parallelism < 1:
+        raise ValueError("parallelism must be at least 1")
+    with ThreadPoolExecutor(max_workers=min(parallelism, max(len(stacks), 1)), thread_name_prefix="stack") as pool:
+        list(pool.map(run.execute, stacks))
+
+
+def seed_is_up(seed: Stack) -> bool:
+    try:
+        outputs = seed.outputs()
+    except Exception:
+        return False
+    return bool(outputs.get("joinAddresses")) and bool(outputs.get("caCertificate"))
+
+
+def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int) -> None:
+    """Makes sure the seed is up (bringing it up first when it is not), then brings every member up at once."""
+    if not seed_is_up(seed):
+        run.add(seed.name)
+        run.execute(seed)
+        if run.progress[seed.name].status != "succeeded":
+            for member in members:
+                run.skip(member.name, f"not started: the seed stack '{seed.name}' is not up")
+            return
+    run_concurrently(run, members, parallelism)

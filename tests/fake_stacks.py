@@ -1,0 +1,66 @@
+"""Fake stacks for the federation tool: they play a `pulumi up` with real Automation API engine events."""
+
+import threading
+import time
+
+from pulumi.automation.events import EngineEvent
+
+MEMBER_TYPES = [
+    "tls:index/privateKey:PrivateKey",
+    "openstack:networking/network:Network",
+    "openstack:networking/subnet:Subnet",
+    "openstack:networking/port:Port",
+    "openstack:compute/instance:Instance",
+    "pulumi-python:dynamic:Resource",
+    "pulumi:providers:kubernetes",
+    "kubernetes:core/v1:Namespace",
+    "tls:index/locallySignedCert:LocallySignedCert",
+    "kubernetes:apps/v1:StatefulSet",
+]
+
+
+def event(kind, resource_type=None, message=None, sequence=0):
+    data = {"sequence": sequence, "timestamp": int(time.time())}
+    if kind == "diagnostic":
+        data["diagnosticEvent"] = {"message": message, "color": "never", "severity": "error"}
+    else:
+        key = {"pre": "resourcePreEvent", "outputs": "resOutputsEvent"}[kind]
+        data[key] = {"metadata": {"op": "create", "urn": f"urn:pulumi:s::p::{resource_type}::r{sequence}",
+                                  "type": resource_type, "provider": ""}}
+    return EngineEvent.from_json(data)
+
+
+class FakeStack:
+    """Plays a stack's `pulumi up`: a pre and an outputs event per resource, spread over `duration` seconds."""
+
+    active = 0
+    most_active = 0
+    lock = threading.Lock()
+
+    def __init__(self, name, duration=0.0, fail_after=None, outputs=None, types=MEMBER_TYPES):
+        self.name, self.duration, self.fail_after, self.types = name, duration, fail_after, types
+        self._outputs = outputs or {}
+        self.calls = []
+
+    def run(self, operation, on_event, on_output):
+        self.calls.append(operation)
+        with FakeStack.lock:
+            FakeStack.active += 1
+            FakeStack.most_active = max(FakeStack.most_active, FakeStack.active)
+        try:
+            step = self.duration / len(self.types)
+            for index, resource_type in enumerate(self.types):
+                on_event(event("pre", resource_type, sequence=index))
+                on_output(f"  + {resource_type} creating")
+                if self.fail_after == index:
+                    message = f"error: {resource_type}: quota exceeded\n  on cloud {self.name}"
+                    on_event(event("diagnostic", message=message))
+                    raise RuntimeError(f"stderr: ...\n{message}\nerror: update failed")
+                time.sleep(step)
+                on_event(event("outputs", resource_type, sequence=index))
+        finally:
+            with FakeStack.lock:
+                FakeStack.active -= 1
+
+    def outputs(self):
+        return self._outputs

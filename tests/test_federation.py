@@ -1,0 +1,185 @@
+"""The federation tool without a Pulumi CLI: fake stacks emit real Automation API engine events."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from federation import timeline
+from federation.dashboard import progress_table, summary_table
+from federation.progress import CloudProgress, phase_of
+from federation.runner import Run, join, run_concurrently
+from tests.harness import ROOT
+
+from tests.fake_stacks import MEMBER_TYPES, FakeStack, event
+
+
+@pytest.fixture(autouse=True)
+def reset_counters():
+    FakeStack.active = FakeStack.most_active = 0
+
+
+def test_phase_of_resource_types():
+    assert [phase_of(t) for t in MEMBER_TYPES] == [
+        None, "network", "network", "network", "servers", "kubernetes", "kubernetes", "cockroachdb", None,
+        "cockroachdb"]
+
+
+def test_events_drive_phases_forward_and_joined_on_the_statefulset():
+    progress = CloudProgress("otc")
+    progress.start(0.0)
+    seen = []
+    for index, resource_type in enumerate(MEMBER_TYPES):
+        progress.on_event(event("pre", resource_type), now=float(index))
+        progress.on_event(event("outputs", resource_type), now=index + 0.5)
+        seen.append(progress.phase)
+    assert seen == ["", "network", "network", "network", "servers", "kubernetes", "kubernetes", "cockroachdb",
+                    "cockroachdb", "joined"]
+    assert progress.phases == {"network": 1.0, "servers": 4.0, "kubernetes": 5.0, "cockroachdb": 7.0, "joined": 9.5}
+    assert progress.resources_done == progress.resources_started == len(MEMBER_TYPES)
+
+
+def test_concurrency_is_bounded_and_real(tmp_path):
+    stacks = [FakeStack(f"c{i}", duration=0.3) for i in range(6)]
+    run = Run([s.name for s in stacks], "up", tmp_path / "logs")
+    start = time.monotonic()
+    run_concurrently(run, stacks, parallelism=3)
+    elapsed = time.monotonic() - start
+    assert FakeStack.most_active == 3
+    assert 0.6 <= elapsed < 1.2  # two waves of 0.3 s, not six
+    assert all(p.status == "succeeded" and p.phase == "joined" for p in run.progress.values())
+
+
+def test_one_failure_does_not_stop_the_others(tmp_path):
+    stacks = [FakeStack("good1", 0.1), FakeStack("bad", 0.1, fail_after=4), FakeStack("good2", 0.1)]
+    run = Run([s.name for s in stacks], "up", tmp_path / "logs")
+    run_concurrently(run, stacks, parallelism=3)
+    status = {name: p.status for name, p in run.progress.items()}
+    assert status == {"good1": "succeeded", "bad": "failed", "good2": "succeeded"}
+    bad = run.progress["bad"]
+    assert bad.phase == "servers"
+    assert "quota exceeded" in bad.error and "update failed" in bad.error
+    assert len(bad.error.splitlines()) <= 5
+    log = (tmp_path / "logs" / "bad.log").read_text()
+    assert "openstack:compute/instance:Instance creating" in log and "RuntimeError" in log
+    assert "StatefulSet creating" in (tmp_path / "logs" / "good1.log").read_text()
+
+
+def test_join_brings_up_a_seed_that_is_not_up_first(tmp_path):
+    seed = FakeStack("seed", 0.05)
+    members = [FakeStack("a", 0.05), FakeStack("b", 0.05)]
+    run = Run(["a", "b"], "up", tmp_path / "logs")
+    join(run, seed, members, parallelism=4)
+    assert list(run.progress) == ["seed", "a", "b"]
+    assert run.progress["seed"].finished_at <= min(run.progress[m].started_at for m in ("a", "b"))
+    assert all(p.status == "succeeded" for p in run.progress.values())
+
+
+def test_join_skips_a_seed_that_is_up(tmp_path):
+    seed = FakeStack("seed", outputs={"joinAddresses": ["192.0.2.1:26257"], "caCertificate": "ca"})
+    run = Run(["a"], "up", tmp_path / "logs")
+    join(run, seed, [FakeStack("a")], parallelism=4)
+    assert seed.calls == [] and list(run.progress) == ["a"]
+
+
+def test_join_does_not_start_members_when_the_seed_fails(tmp_path):
+    seed, member = FakeStack("seed", fail_after=1), FakeStack("a")
+    run = Run(["a"], "up", tmp_path / "logs")
+    join(run, seed, [member], parallelism=4)
+    assert member.calls == []
+    assert run.progress["a"].status == "failed" and "seed stack 'seed' is not up" in run.progress["a"].error
+
+
+def finished_run(tmp_path):
+    stacks = [FakeStack("slow", 0.3), FakeStack("fast", 0.1), FakeStack("broken", 0.1, fail_after=5)]
+    run = Run([s.name for s in stacks], "up", tmp_path / "logs")
+    run_concurrently(run, stacks, parallelism=3)
+    return run
+
+
+def test_dashboard_and_summary(tmp_path):
+    run = finished_run(tmp_path)
+    console = Console(record=True, width=140)
+    console.print(progress_table(run.snapshot(), run.now(), "join"))
+    text = console.export_text()
+    assert "slow" in text and "joined 5/5" in text and "10/10" in text and "kubernetes 3/5" in text
+    console = Console(record=True, width=200)
+    console.print(summary_table(run.snapshot()))
+    summary = console.export_text()
+    rows = [line for line in summary.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip().isdigit()]
+    assert [r.split("│")[2].strip() for r in rows] == ["fast", "slow", "broken"]
+    assert "quota exceeded" in summary
+
+
+def test_timeline_round_trips_as_json(tmp_path):
+    run = finished_run(tmp_path)
+    record = timeline.timeline("up", run.started_wall, run.snapshot())
+    path = timeline.save(record, tmp_path)
+    loaded = json.loads(path.read_text())
+    assert loaded == record
+    by_stack = {c["stack"]: c for c in loaded["clouds"]}
+    assert by_stack["slow"]["elapsed"] > by_stack["fast"]["elapsed"]
+    assert set(by_stack["fast"]["phases"]) == {"network", "servers", "kubernetes", "cockroachdb", "joined"}
+    assert by_stack["broken"]["status"] == "failed"
+
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+
+
+def chromium(*args):
+    assert CHROMIUM, "chromium is not installed; scripts/test.sh installs it"
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_shows_every_cloud_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    run = finished_run(tmp_path)
+    record = timeline.timeline("up", run.started_wall, run.snapshot())
+    page = tmp_path / "report.html"
+    page.write_text(timeline.render_report(record))
+    assert "http://" not in page.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
+    dom = chromium("--dump-dom", page.as_uri()).stdout
+    for stack in ("slow", "fast", "broken"):
+        assert f'data-stack="{stack}"' in dom
+    assert "2 of 3 succeeded" in dom
+    assert dom.count('class="joined"') == 2 and dom.count('class="failed"') == 1
+    shot = tmp_path / "report.png"
+    chromium("--window-size=1000,400", f"--screenshot={shot}", page.as_uri())
+    image = Image.open(shot).convert("RGB")
+    colours = {colour for _, colour in image.getcolors(maxcolors=1_000_000)}
+    for hex_colour in (*timeline.PHASE_COLOURS.values(), timeline.FAILED_COLOUR):
+        rgb = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+        assert rgb in colours, f"{hex_colour} not drawn"
+
+
+def test_cli_without_pulumi_says_so_without_traceback(tmp_path):
+    env = {"PATH": os.path.dirname(sys.executable), "HOME": str(tmp_path)}
+    for args in (["join"], ["preview", "otc"], ["status"]):
+        result = subprocess.run([sys.executable, "-m", "federation", *args], cwd=ROOT, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 2, args
+        assert "Pulumi CLI is not installed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_refuses_destroy_before_decommission(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "federation", "destroy", "otc"], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 2 and "decommission" in result.stderr
+    seed = subprocess.run([sys.executable, "-m", "federation", "destroy", "seed", "--confirm-decommissioned"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert seed.returncode == 2 and "not destroyed from here" in seed.stderr
+
+
+def test_cli_report_command(tmp_path):
+    run = finished_run(tmp_path)
+    path = timeline.save(timeline.timeline("up", run.started_wall, run.snapshot()), tmp_path)
+    result = subprocess.run([sys.executable, "-m", "federation", "report", str(path)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'data-stack="slow"' in path.with_suffix(".html").read_text()
