@@ -104,7 +104,7 @@ class CockroachNodes(pulumi.ComponentResource):
             storage_class=c.storage_class,
             nodes=tuple(m.NodeAddresses(n, pub, priv) for n, pub, priv in zip(names, v[0], v[1])),
         ))
-        self.locality = f"cloud={c.member},region={settings.openstack.region},zone={settings.openstack.availability_zone}"
+        self.locality = m.locality(c.member, settings.openstack.region, settings.openstack.availability_zone)
 
         namespace = self._apply(k8s.core.v1.Namespace, f"{name}-ns", spec.apply(m.render_namespace), k8s_opts, fields=())
         in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace]))

@@ -54,9 +54,9 @@ class CockroachSpec:
     nodes: tuple[NodeAddresses, ...]
 
 
-def locality(spec: CockroachSpec) -> str:
+def locality(member: str, region: str, zone: str) -> str:
     """Same tiers in the same order on every node of the federation: cloud first, so replicas spread over clouds."""
-    return f"cloud={spec.member},region={spec.region},zone={spec.zone}"
+    return f"cloud={member},region={region},zone={zone}"
 
 
 def security_flags(spec: CockroachSpec) -> list[str]:
@@ -72,7 +72,7 @@ def start_flags(spec: CockroachSpec, public_ip: str, private_ip: str) -> list[st
         f"--locality-advertise-addr=cloud={spec.member}@{private_ip}:{COCKROACH_PORT}",
         f"--listen-addr=:{COCKROACH_PORT}",
         f"--http-addr=:{COCKROACH_HTTP_PORT}",
-        f"--locality={locality(spec)}",
+        f"--locality={locality(spec.member, spec.region, spec.zone)}",
         f"--join={','.join(spec.join)}",
         f"--cluster-name={spec.cluster_name}",
         *security_flags(spec),
@@ -118,15 +118,20 @@ def render_start_script(spec: CockroachSpec) -> str:
     ])
 
 
+def _client_command(spec: CockroachSpec, host: str, command: str, *arguments: str) -> str:
+    """`cockroach <command>` against one node, as shell words (the binary can be overridden by tests)."""
+    words = [command, *security_flags(spec), f"--host={host}:{COCKROACH_PORT}", *arguments]
+    return f'"${{COCKROACH:-{COCKROACH_BIN}}}" ' + " ".join(shlex.quote(word) for word in words)
+
+
 def render_init_script(spec: CockroachSpec, host: str) -> str:
     """Initialises the cluster once; a cluster that is already initialised counts as success."""
-    init = " ".join(shlex.quote(a) for a in [
-        "init", *security_flags(spec), f"--host={host}:{COCKROACH_PORT}", f"--cluster-name={spec.cluster_name}"])
+    init = _client_command(spec, host, "init", f"--cluster-name={spec.cluster_name}")
     return "\n".join([
         "#!/bin/bash",
         "set -uo pipefail",
         "for attempt in $(seq 1 90); do",
-        f'  if output=$("${{COCKROACH:-{COCKROACH_BIN}}}" {init} 2>&1); then',
+        f"  if output=$({init} 2>&1); then",
         '    echo "$output"',
         "    exit 0",
         "  fi",
@@ -146,13 +151,12 @@ def replication_statement(factor: int) -> str:
 
 
 def render_replication_script(spec: CockroachSpec, host: str, factor: int) -> str:
-    sql = " ".join(shlex.quote(a) for a in [
-        "sql", *security_flags(spec), f"--host={host}:{COCKROACH_PORT}", f"--execute={replication_statement(factor)}"])
+    sql = _client_command(spec, host, "sql", f"--execute={replication_statement(factor)}")
     return "\n".join([
         "#!/bin/bash",
         "set -euo pipefail",
         "for attempt in $(seq 1 60); do",
-        f'  if "${{COCKROACH:-{COCKROACH_BIN}}}" {sql}; then exit 0; fi',
+        f"  if {sql}; then exit 0; fi",
         '  echo "replication attempt ${attempt} failed" >&2',
         "  sleep \"${RETRY_SECONDS:-10}\"",
         "done",
