@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT
 

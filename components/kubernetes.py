@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import pulumi
 import pulumi_openstack as openstack
@@ -18,7 +18,7 @@ import pulumi_tls as tls
 import yaml
 
 from . import pki
-from .addresses import NodeAddress, NodeAddresses
+from .addresses import NodeAddresses
 from .cloudinit import K3S_CA_FILES, K3sNode, render_user_data
 from .readiness import ApiReadiness
 from .settings import KUBE_API_PORT, Settings

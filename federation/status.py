@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 NODES_SQL = (
     "SELECT n.node_id, n.address, n.locality, n.started_at, n.is_live, l.membership "

@@ -1,7 +1,6 @@
 """Every stack file of the federation evaluates under mocks, fed by the seed's real outputs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -39,13 +38,9 @@ def test_stack_file_hygiene(stack):
         assert config["seedStack"] == SEED_STACK
 
 
-def _mock_values(config):
-    return {k: v for k, v in config.items()}
-
-
 @pytest.fixture(scope="module")
 def seed_run():
-    return run_program(_mock_values(stack_config("seed")), stack="seed")
+    return run_program(stack_config("seed"), stack="seed")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +66,7 @@ def test_seed_stack(seed_run, seed_outputs):
 @pytest.mark.parametrize("stack", OPERATORS)
 def test_operator_stack_joins_through_the_seed(stack, seed_outputs):
     config = stack_config(stack)
-    run = run_program(_mock_values(config), stack=stack, stack_outputs={SEED_STACK: seed_outputs})
+    run = run_program(config, stack=stack, stack_outputs={SEED_STACK: seed_outputs})
     _check_run(run)
     assert run.output("caCertificate") == seed_outputs["caCertificate"]
     script = run.cloud.one(":StatefulSet").inputs["spec"]["template"]["spec"]["containers"][0]["command"][2]
