@@ -157,7 +157,9 @@ def test_k3s_cluster_certificate_wiring(cloud):
 
     config = yaml.safe_load(kubeconfig)
     cluster_entry = config["clusters"][0]["cluster"]
-    assert cluster_entry["server"] == "https://203.0.113.10:6443"
+    # The fake hands out addresses in registration order, which is concurrent: ask which one node 0 got.
+    server_public_ip = cloud.named("m-k3s-0-fip").outputs["address"]
+    assert cluster_entry["server"] == f"https://{server_public_ip}:6443"
     trusted = x509.load_pem_x509_certificate(base64.b64decode(cluster_entry["certificate-authority-data"]))
     assert trusted == server_ca  # the kubeconfig trusts exactly the CA k3s serves with
     admin = x509.load_pem_x509_certificate(base64.b64decode(config["users"][0]["user"]["client-certificate-data"]))
@@ -179,7 +181,7 @@ def test_k3s_cluster_certificate_wiring(cloud):
     assert cloud.one("ServerGroup").inputs["policies"] == "soft-anti-affinity"
 
     gate = cloud.one("dynamic:Resource")
-    assert gate.outputs["url"] == "https://203.0.113.10:6443/readyz"
+    assert gate.outputs["url"] == f"https://{server_public_ip}:6443/readyz"
     assert cloud.depends_on(gate, cloud.named("m-k3s-0"))
     for association in cloud.of_type("FloatingIpAssociate"):
         assert cloud.depends_on(gate, association)
