@@ -21,6 +21,7 @@ from pulumi.runtime.sync_await import _sync_await
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from federation.runner import stack_names  # noqa: E402
 from tests.fakes import FakeCloud, Registered  # noqa: E402
 from tests.harness import PROJECT, run_program, stack_config  # noqa: E402
 
@@ -108,8 +109,7 @@ def main() -> None:
 
     seed_run = measure("stack seed", seed_config, "seed", None)
     seed_outputs = {name: seed_run.output(name) for name in seed_run.globals["_exports"]}
-    for path in sorted((ROOT / "stacks").glob("Pulumi.*.yaml")):
-        stack = path.name[len("Pulumi."):-len(".yaml")]
+    for stack in stack_names():
         if stack != "seed":
             measure(f"stack {stack}", stack_config(stack), stack, seed_outputs)
 

@@ -14,13 +14,9 @@ from rich.live import Live
 
 from . import timeline
 from .dashboard import progress_table, summary_table
-from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently
+from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names
 
 SEED = "seed"
-
-
-def stack_names() -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

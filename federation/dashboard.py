@@ -6,7 +6,7 @@ from typing import Sequence
 
 from rich.table import Table
 
-from .progress import PHASES, CloudProgress
+from .progress import PHASES, CloudProgress, summary_order
 
 STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red"}
 
@@ -30,7 +30,7 @@ def summary_table(clouds: Sequence[CloudProgress]) -> Table:
     table = Table(title="summary (fastest first)")
     for column in ("#", "cloud", "status", "elapsed", "last error"):
         table.add_column(column)
-    ordered = sorted(clouds, key=lambda c: (c.status != "succeeded", c.elapsed is None, c.elapsed or 0.0, c.stack))
+    ordered = sorted(clouds, key=lambda c: summary_order(c.to_dict()))
     for rank, cloud in enumerate(ordered, 1):
         elapsed = f"{cloud.elapsed:.1f}s" if cloud.elapsed is not None else "-"
         table.add_row(str(rank), cloud.stack, f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]", elapsed,

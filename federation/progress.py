@@ -92,6 +92,11 @@ class CloudProgress:
         }
 
 
+def summary_order(cloud: dict[str, Any]) -> tuple:
+    """Clouds that joined, fastest first, then the others: the order of the terminal summary and the report."""
+    return (cloud["status"] != "succeeded", cloud.get("elapsed") is None, cloud.get("elapsed") or 0.0, cloud["stack"])
+
+
 def _last_lines(text: str, count: int = 5) -> str:
     lines = [line.rstrip() for line in (text or "").strip().splitlines() if line.strip()]
     return "\n".join(lines[-count:])

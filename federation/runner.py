@@ -18,6 +18,11 @@ PROJECT = "crdb-federation"
 OPERATIONS = ("up", "preview", "destroy")
 
 
+def stack_names() -> list[str]:
+    """Every stack of the project: one stacks/Pulumi.<name>.yaml each."""
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
 class Stack(Protocol):
     """What the orchestrator needs of a stack; PulumiStack is the real one, tests use fakes."""
 

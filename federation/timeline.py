@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .progress import PHASES, CloudProgress
+from .progress import PHASES, CloudProgress, summary_order
 
 PHASE_COLOURS = {"network": "#4e79a7", "servers": "#f28e2b", "kubernetes": "#76b7b2", "cockroachdb": "#59a14f"}
 FAILED_COLOUR = "#e15759"
@@ -32,9 +32,7 @@ def save(record: dict[str, Any], directory: Path) -> Path:
 
 
 def by_elapsed(clouds: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Clouds that joined, fastest first, then the others (the same order as the terminal summary)."""
-    return sorted(clouds, key=lambda c: (c["status"] != "succeeded", c.get("elapsed") is None,
-                                         c.get("elapsed") or 0.0, c["stack"]))
+    return sorted(clouds, key=summary_order)
 
 
 def _segments(cloud: dict[str, Any]) -> list[tuple[str, float, float]]:

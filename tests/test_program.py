@@ -1,7 +1,6 @@
 """The whole program (__main__.py) under mocks: seed and member roles, network modes, exports, errors."""
 
 import json
-import subprocess
 
 import pytest
 import yaml
@@ -11,6 +10,7 @@ from pulumi.runtime.sync_await import _sync_await
 from components.settings import SettingsError
 from tests.fakes import FakeCloud
 from tests.harness import run_program
+from tests.test_cockroach_manifests import run_start_script
 from tests.validators import assert_valid_kubernetes
 
 SEED_STACK = "organization/crdb-federation/seed"
@@ -49,20 +49,10 @@ def start_script(run):
 
 def start_argv(run, node_name, tmp_path):
     """Executes the rendered start command for one node, with the rendered address map, and returns argv."""
-    config_map = run.cloud.one(":ConfigMap").inputs["data"]
-    addresses = tmp_path / "addresses"
-    addresses.mkdir(exist_ok=True)
-    for name, line in config_map.items():
-        (addresses / name).write_text(line)
-    argv_file = tmp_path / "argv"
-    fake = tmp_path / "cockroach"
-    fake.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGV_FILE"\n')
-    fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "NODE_NAME": node_name, "ADDRESS_DIR": str(addresses), "COCKROACH": str(fake),
-           "ARGV_FILE": str(argv_file)}
-    result = subprocess.run(["/bin/bash", "-c", start_script(run)], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return argv_file.read_text().splitlines()
+    addresses = run.cloud.one(":ConfigMap").inputs["data"]
+    code, argv, stderr = run_start_script(tmp_path, start_script(run), node_name, addresses)
+    assert code == 0, stderr
+    return argv
 
 
 def flag(argv, name):
@@ -163,11 +153,13 @@ def test_seed_root_client_certificate(seed_outputs):
 
 
 def kubernetes_manifests(run):
+    """The Kubernetes objects the program created, as manifests (the mocks carry numbers as floats)."""
     manifests = []
     for r in run.cloud.resources:
         if r.type.startswith("kubernetes:") and not r.type.startswith("kubernetes:providers"):
-            manifests.append({k: v for k, v in r.outputs.items() if k in (
-                "apiVersion", "kind", "metadata", "spec", "data", "stringData", "type")})
+            manifest = {k: v for k, v in r.outputs.items() if k in (
+                "apiVersion", "kind", "metadata", "spec", "data", "stringData", "type")}
+            manifests.append(json.loads(json.dumps(manifest), parse_float=lambda f: int(float(f))))
     return manifests
 
 
@@ -176,7 +168,7 @@ def test_every_kubernetes_object_is_valid(seed, member):
         manifests = kubernetes_manifests(run)
         assert len(manifests) >= 7
         for manifest in manifests:
-            assert_valid_kubernetes(json.loads(json.dumps(manifest), parse_float=lambda f: int(float(f))))
+            assert_valid_kubernetes(manifest)
 
 
 def test_kubernetes_resources_use_the_gated_provider(member):
@@ -198,12 +190,11 @@ def test_openstack_resources_use_the_explicit_provider(member):
             assert r.provider.startswith(provider.urn), r.name
 
 
-def test_existing_network_stack_with_fixed_public_addresses(seed):
+def test_existing_network_stack_with_fixed_public_addresses(seed_outputs):
     config = {**MEMBER, "networkMode": "existing", "publicAddressing": "fixed", "existingNetwork": "ext-net"}
     del config["externalNetwork"]
     # The member signs its node certificate with the seed's CA, so it gets a real one.
-    outputs = {n: seed.output(n) for n in ("joinAddresses", "caCertificate", "caPrivateKey")}
-    run = run_program(config, stack="ovh", stack_outputs={SEED_STACK: outputs})
+    run = run_program(config, stack="ovh", stack_outputs={SEED_STACK: seed_outputs})
     assert not run.cloud.of_type("FloatingIp") and not run.cloud.of_type("Router")
     for node in run.output("nodes"):
         assert node["publicIp"] == node["privateIp"]
@@ -211,13 +202,12 @@ def test_existing_network_stack_with_fixed_public_addresses(seed):
     assert {p.inputs["networkId"] for p in ports} == {"net-ext-net"}
 
 
-def test_existing_kubernetes_stack_builds_no_servers(seed):
-    outputs = {n: seed.output(n) for n in ("joinAddresses", "caCertificate", "caPrivateKey")}
+def test_existing_kubernetes_stack_builds_no_servers(seed_outputs):
     kubeconfig = yaml.safe_dump({"clusters": [{"name": "magnum", "cluster": {"server": "https://192.0.2.5:6443"}}]})
     config = {**MEMBER, "kubernetesMode": "existing",
               "existingNodes": ["mag-node-0 192.0.2.10 10.0.0.10", "mag-node-1 192.0.2.11 10.0.0.11"]}
     run = run_program(config, stack="magnum", secrets={"kubeconfig": kubeconfig},
-                      stack_outputs={SEED_STACK: outputs})
+                      stack_outputs={SEED_STACK: seed_outputs})
     assert not [r for r in run.cloud.resources if r.type.startswith("openstack:")]
     assert run.cloud.one("pulumi:providers:kubernetes").outputs["kubeconfig"] == kubeconfig
     assert run.cloud.one(":ConfigMap").inputs["data"] == {

@@ -1,22 +1,16 @@
 """Every stack file of the federation evaluates under mocks, fed by the seed's real outputs."""
 
-import json
-
 import pytest
 import yaml
 
 from components.settings import SECRET_KEYS
+from federation.runner import stack_names
 from tests.harness import ROOT, run_program, stack_config
-from tests.test_program import kubernetes_manifests
+from tests.test_program import SEED_STACK, kubernetes_manifests
 from tests.validators import assert_valid_cloud_config, assert_valid_kubernetes
 
 OPERATORS = ["canonical", "easystack", "huawei", "ibm", "netapp", "otc", "platform9", "rackspace", "redhat", "suse",
              "t2cloud", "vexxhost", "vmware", "wind", "zte"]
-SEED_STACK = "organization/crdb-federation/seed"
-
-
-def stack_names():
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 
 
 def test_the_federation_has_a_seed_and_fifteen_operators():
@@ -54,7 +48,7 @@ def _check_run(run):
     for server in servers:
         assert_valid_cloud_config(server.outputs["userData"])
     for manifest in kubernetes_manifests(run):
-        assert_valid_kubernetes(json.loads(json.dumps(manifest), parse_float=lambda f: int(float(f))))
+        assert_valid_kubernetes(manifest)
 
 
 def test_seed_stack(seed_run, seed_outputs):
