@@ -50,11 +50,33 @@ def federation_for(settings: Settings, own_private_join: pulumi.Output[list[str]
         return Federation(cert, key, own_private_join.apply(lambda own: list(dict.fromkeys(own + explicit_join))))
     if c.seed_stack:
         seed = pulumi.StackReference(c.seed_stack, opts=opts)
-        cert = c.ca_certificate if c.ca_certificate is not None else seed.require_output("caCertificate")
-        key = c.ca_private_key if c.ca_private_key is not None else seed.require_output("caPrivateKey")
-        join = seed.require_output("joinAddresses").apply(lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit_join)))
+        cert = c.ca_certificate if c.ca_certificate is not None else seed_output(seed, c.seed_stack, "caCertificate")
+        key = c.ca_private_key if c.ca_private_key is not None else seed_output(seed, c.seed_stack, "caPrivateKey")
+        join = seed_output(seed, c.seed_stack, "joinAddresses").apply(
+            lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit_join)))
         return Federation(cert, pulumi.Output.secret(key), join)
     return Federation(c.ca_certificate, pulumi.Output.secret(c.ca_private_key), pulumi.Output.from_input(explicit_join))
+
+
+class SeedNotReady(pulumi.RunError):
+    """The seed stack has not exported what a member needs (it is not up yet, or is another project)."""
+
+
+def seed_output(seed: pulumi.StackReference, seed_stack: str, name: str) -> pulumi.Output:
+    """An output of the seed stack, or one clear error naming the stack and what to do.
+
+    (A StackReference to a stack without outputs has no keys: require_output raises a bare KeyError.)"""
+
+    def present(value):
+        if value is None:
+            raise SeedNotReady(
+                f"crdb-federation:seedStack = {seed_stack!r}: that stack has no output {name!r}. "
+                f"Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
+                f"crdb-federation:joinAddresses and the secrets caCertificate/caPrivateKey instead of seedStack."
+            )
+        return value
+
+    return seed.get_output(name).apply(present)
 
 
 class CockroachNodes(pulumi.ComponentResource):

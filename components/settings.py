@@ -300,13 +300,21 @@ def _parse_network(r: _Reader) -> NetworkSettings:
         mode=mode,
         cidr=cidr,
         dns_servers=r.ips("dnsServers", ("1.1.1.1", "9.9.9.9")),
-        mtu=r.integer("mtu", None, 1280, 9000),
+        mtu=_mtu(r),
         external_network=external,
         existing_network=existing,
         public_addressing=addressing,
         admin_cidrs=r.cidrs("adminCidrs", required=True),
         federation_cidrs=r.cidrs("federationCidrs", required=True),
     )
+
+
+def _mtu(r: _Reader) -> Optional[int]:
+    """0 (the project default) leaves the MTU to Neutron."""
+    mtu = r.integer("mtu", 0, 0, 65535)
+    if mtu and not 1280 <= mtu <= 9000:
+        r.problem("mtu", r.values["mtu"], "0 (Neutron decides) or an MTU from 1280 to 9000")
+    return mtu or None
 
 
 def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output]) -> KubernetesSettings:
@@ -409,11 +417,14 @@ def _parse_cockroach(
         for cidr in network.federation_cidrs:
             if is_world(cidr):
                 r.problem("federationCidrs", cidr, "no world-open range while insecure is true (26257 has no TLS then)")
-    factor = r.integer("replicationFactor", 3, 1, 9)
-    if factor is not None and factor % 2 == 0:
-        r.problem("replicationFactor", r.values["replicationFactor"], "an odd number (3, 5, 7): a majority must survive")
-    if role != "seed" and "replicationFactor" in r.values:
-        r.problem("replicationFactor", r.values["replicationFactor"], "no value on a member: the seed sets it")
+    # 0 is the project default, which the engine applies to every stack: "not set".
+    factor = r.integer("replicationFactor", 0, 0, 9)
+    if role != "seed" and factor:
+        r.problem("replicationFactor", r.values["replicationFactor"], "0 (unset) on a member: the seed sets it")
+    elif factor and (factor < 3 or factor % 2 == 0):
+        r.problem("replicationFactor", r.values["replicationFactor"],
+                  "0 (automatic) or an odd number from 3 to 9: a majority must survive")
+    factor = factor or 3
 
     return CockroachSettings(
         role=role,
@@ -451,8 +462,13 @@ def load_settings(config: Optional[pulumi.Config] = None, stack: Optional[str] =
     values = {key: config.get(key) for key in CONFIG_KEYS if key not in SECRET_KEYS}
     values = {k: v for k, v in values.items() if v is not None}
     secrets: dict[str, pulumi.Output] = {}
+    plaintext: list[str] = []
     for key in SECRET_KEYS:
-        value = config.get_secret(key)
-        if value is not None:
-            secrets[key] = value
+        if config.get(key):
+            secrets[key] = config.require_secret(key)
+            if not pulumi.runtime.is_config_secret(f"{PROJECT}:{key}"):
+                plaintext.append(key)
+    if plaintext:
+        raise SettingsError([f"{PROJECT}:{key} = (plaintext): expected a secret (pulumi config set --secret {key})"
+                             for key in plaintext])
     return parse_settings(values, stack or pulumi.get_stack(), secrets)

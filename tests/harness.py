@@ -18,6 +18,7 @@ import yaml
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from federation import stack_config as stack_config_module
 from tests.fakes import FakeCloud
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +41,14 @@ class ProgramRun:
 
 
 def stack_config(stack: str) -> dict[str, Any]:
-    """The project-namespaced values of stacks/Pulumi.<stack>.yaml, keys without the namespace."""
-    document = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text()) or {}
-    values = {}
-    for key, value in (document.get("config") or {}).items():
-        if key.startswith(f"{PROJECT}:"):
-            values[key.split(":", 1)[1]] = value
-    return values
+    """stacks/Pulumi.<stack>.yaml as the CLI resolves it (project defaults applied, required keys enforced)."""
+    return stack_config_module.resolve(stack)
+
+
+def project_defaults() -> dict[str, Any]:
+    """The declared defaults, which the engine gives every stack that does not set the key."""
+    _, declared = stack_config_module.declared_config()
+    return {key: spec["default"] for key, spec in declared.items() if "default" in spec}
 
 
 def _config_string(value: Any) -> str:
@@ -73,7 +75,8 @@ def run_program(
     cloud.stack_outputs.update(stack_outputs or {})
     cloud.public_prefix = prefix
     cloud.install(project=PROJECT, stack=stack)
-    all_config = {f"{PROJECT}:{k}": _config_string(v) for k, v in config.items()}
+    # As the engine does: every declared default reaches the program unless the stack sets the key.
+    all_config = {f"{PROJECT}:{k}": _config_string(v) for k, v in {**project_defaults(), **config}.items()}
     all_config.update({f"{PROJECT}:{k}": v for k, v in (secrets or {}).items()})
     pulumi.runtime.set_all_config(all_config, [f"{PROJECT}:{k}" for k in (secrets or {})])
 

@@ -4,6 +4,8 @@ import pulumi
 import pytest
 import yaml
 
+from federation.stack_config import as_config_strings
+
 from components.settings import (
     CONFIG_KEYS, DEFAULT_COCKROACH_IMAGE, DEFAULT_K3S_VERSION, SECRET_KEYS, SettingsError, parse_settings,
 )
@@ -55,7 +57,8 @@ def test_settings_are_frozen():
     ("nodeCount", "0", "integer from 1"),
     ("nodeCount", "three", "integer from 1"),
     ("bootVolumeSize", "5", "integer from 10"),
-    ("mtu", "9999", "integer from 1280"),
+    ("mtu", "9999", "0 (Neutron decides) or an MTU from 1280 to 9000"),
+    ("mtu", "1000", "0 (Neutron decides) or an MTU from 1280 to 9000"),
     ("networkMode", "magic", "one of managed, existing"),
     ("publicAddressing", "elastic", "one of floating, fixed"),
     ("kubernetesMode", "eks", "one of k3s, existing"),
@@ -75,7 +78,6 @@ def test_settings_are_frozen():
     ("cockroachCpu", "two", "CPU quantity"),
     ("joinAddresses", '["203.0.113.5"]', "host:port"),
     ("insecure", "maybe", "true or false"),
-    ("replicationFactor", "4", "odd number"),
 ])
 def test_each_bad_value_names_key_value_and_expectation(key, value, expected):
     found = problems({**VALID, key: value})
@@ -153,7 +155,18 @@ def test_ca_certificate_and_key_come_together():
 
 def test_replication_factor_is_the_seeds():
     found = problems({**VALID, "replicationFactor": "5"})
-    assert any(p.startswith("crdb-federation:replicationFactor = '5': expected no value on a member") for p in found)
+    assert any(p.startswith("crdb-federation:replicationFactor = '5': expected 0 (unset) on a member") for p in found)
+    # The project default (0) reaches every member through the engine: that is "unset", not a problem.
+    assert parse_settings({**VALID, "replicationFactor": "0"}, "m").cockroach.replication_factor == 3
+
+
+@pytest.mark.parametrize("factor", ["1", "4"])
+def test_seed_replication_factor_is_odd_and_at_least_three(factor):
+    seed = {**{k: v for k, v in VALID.items() if k != "seedStack"}, "role": "seed"}
+    found = problems({**seed, "replicationFactor": factor})
+    assert any(p.startswith(f"crdb-federation:replicationFactor = '{factor}': expected 0 (automatic) or an odd "
+                            "number from 3 to 9") for p in found)
+    assert parse_settings({**seed, "replicationFactor": "5"}, "s").cockroach.replication_factor == 5
 
 
 def test_insecure_mode_refuses_world_open_cockroach_port():
@@ -169,22 +182,15 @@ def test_existing_kubernetes_needs_kubeconfig_and_nodes():
     assert any(p.startswith("crdb-federation:existingNodes = 'node-a 203.0.113.1'") for p in found)
 
 
-def test_every_config_key_is_declared_in_the_project_with_matching_default():
+def test_every_config_key_is_declared_in_the_project_and_its_default_means_absent():
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    assert set(declared) == set(CONFIG_KEYS) | set(SECRET_KEYS)
+    # Secrets are not declared: the engine refuses a plaintext default for a secret key, and a declared
+    # key without default is required on every stack.
+    assert set(declared) == set(CONFIG_KEYS)
     for key, declaration in declared.items():
         assert declaration.get("description"), key
         assert declaration["type"] in ("string", "integer", "boolean", "array"), key
-        assert declaration.get("secret", False) == (key in SECRET_KEYS), key
-    # A declared default must be what the program assumes when the key is absent (tests run without the CLI).
-    settings = parse_settings(VALID, "m")
-    assert declared["nodeCount"]["default"] == settings.openstack.node_count
-    assert declared["k3sVersion"]["default"] == settings.kubernetes.k3s_version
-    assert declared["cockroachImage"]["default"] == settings.cockroach.image
-    assert declared["bootVolumeSize"]["default"] == settings.openstack.boot_volume_size
-    assert declared["networkCidr"]["default"] == settings.network.cidr
-    assert declared["storageSize"]["default"] == settings.cockroach.storage_size
-    assert declared["storageClass"]["default"] == settings.cockroach.storage_class
-    assert declared["clusterName"]["default"] == settings.cockroach.cluster_name
-    assert declared["apiReadyTimeout"]["default"] == settings.kubernetes.api_ready_timeout
-    assert declared["replicationFactor"]["default"] == settings.cockroach.replication_factor
+    # The engine hands every declared default to every stack: each must mean what an absent key means.
+    defaults = as_config_strings({k: d["default"] for k, d in declared.items() if "default" in d})
+    for role_values in (VALID, {**{k: v for k, v in VALID.items() if k != "seedStack"}, "role": "seed"}):
+        assert parse_settings({**defaults, **role_values}, "m") == parse_settings(role_values, "m")
