@@ -6,7 +6,7 @@ from typing import Sequence
 
 from rich.table import Table
 
-from .progress import PHASES, CloudProgress, summary_order
+from .progress import CloudProgress, phases_of, summary_order
 
 STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red"}
 
@@ -17,7 +17,8 @@ def progress_table(clouds: Sequence[CloudProgress], now: float, title: str) -> T
         table.add_column(column, justify="right" if column in ("resources", "elapsed") else "left")
     for cloud in clouds:
         phase = cloud.phase or "-"
-        position = f" {PHASES.index(cloud.phase) + 1}/{len(PHASES)}" if cloud.phase else ""
+        order = phases_of(cloud.operation)
+        position = f" {order.index(cloud.phase) + 1}/{len(order)}" if cloud.phase in order else ""
         resources = f"{cloud.resources_done}/{cloud.resources_started}"
         elapsed = f"{cloud.elapsed_at(now):6.1f}s" if cloud.started_at is not None else "-"
         table.add_row(cloud.stack, phase + position, resources, elapsed,

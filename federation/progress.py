@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 PHASES = ("network", "servers", "kubernetes", "cockroachdb", "joined")
+# What each operation's last phase is called: only an `up` joins anything.
+FINAL_PHASE = {"up": "joined", "preview": "previewed", "destroy": "destroyed"}
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+STACK = "pulumi:pulumi:Stack"
+
+
+def phases_of(operation: str) -> tuple[str, ...]:
+    """The phases a run of this operation goes through, in order."""
+    if operation == "destroy":
+        return ("destroying", "destroyed")
+    return PHASES[:-1] + (FINAL_PHASE[operation],)
 
 
 def phase_of(resource_type: str) -> Optional[str]:
@@ -27,23 +37,39 @@ class CloudProgress:
     """One row of the dashboard and one cloud of the timeline. Times are seconds since the run started."""
 
     stack: str
+    operation: str = "up"  # up | preview | destroy
     status: str = "waiting"  # waiting | running | succeeded | failed
     phase: str = ""
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
-    resources_done: int = 0
-    resources_started: int = 0
     phases: dict[str, float] = field(default_factory=dict)  # phase -> when it was first reached
     error: str = ""
+    started_urns: set[str] = field(default_factory=set)
+    done_urns: set[str] = field(default_factory=set)
+    # The engine's own error diagnostics, (urn, message), in arrival order.
+    diagnostics: list[tuple[str, str]] = field(default_factory=list)
+
+    def copy(self) -> "CloudProgress":
+        return CloudProgress(**{**self.__dict__, "phases": dict(self.phases), "started_urns": set(self.started_urns),
+                                "done_urns": set(self.done_urns), "diagnostics": list(self.diagnostics)})
 
     def start(self, now: float) -> None:
         self.status, self.started_at = "running", now
 
+    @property
+    def resources_started(self) -> int:
+        return len(self.started_urns)
+
+    @property
+    def resources_done(self) -> int:
+        return len(self.done_urns)
+
     def _reach(self, phase: Optional[str], now: float) -> None:
-        if phase is None:
+        order = phases_of(self.operation)
+        if phase is None or phase not in order:
             return
         # Phases only move forward: a late key or secret does not send a cloud back.
-        if not self.phase or PHASES.index(phase) > PHASES.index(self.phase):
+        if not self.phase or order.index(phase) > order.index(self.phase):
             self.phase = phase
         self.phases.setdefault(phase, now)
 
@@ -51,27 +77,38 @@ class CloudProgress:
         """Feeds one pulumi.automation EngineEvent."""
         if event.resource_pre_event is not None:
             metadata = event.resource_pre_event.metadata
-            if metadata.op not in ("same", "read") and metadata.type != "pulumi:pulumi:Stack":
-                self.resources_started += 1
-            self._reach(phase_of(metadata.type), now)
+            if metadata.op not in ("same", "read") and metadata.type != STACK:
+                self.started_urns.add(metadata.urn)
+            self._reach("destroying" if self.operation == "destroy" else phase_of(metadata.type), now)
         elif event.res_outputs_event is not None:
             metadata = event.res_outputs_event.metadata
-            if metadata.op not in ("same", "read") and metadata.type != "pulumi:pulumi:Stack":
-                self.resources_done += 1
+            # A step is done once it has started: a preview also reports outputs of unchanged resources.
+            if metadata.urn in self.started_urns:
+                self.done_urns.add(metadata.urn)
             # The StatefulSet's create returns once its pods are ready: the nodes are live in the cluster.
-            if metadata.type == STATEFULSET:
+            if metadata.type == STATEFULSET and self.operation == "up":
                 self._reach("joined", now)
         elif event.diagnostic_event is not None and event.diagnostic_event.severity == "error":
-            self.error = _last_lines(event.diagnostic_event.message)
+            diagnostic = event.diagnostic_event
+            self.diagnostics.append((diagnostic.urn or "", _last_lines(diagnostic.message)))
+            self.error = self.engine_error()
+
+    def engine_error(self) -> str:
+        """The engine's first error on a resource (the cause); the stack's own summary only if there is none."""
+        for urn, message in self.diagnostics:
+            if message and STACK not in urn:
+                return message
+        return self.diagnostics[-1][1] if self.diagnostics else ""
 
     def finish(self, now: float, error: Optional[BaseException] = None) -> None:
         self.finished_at = now
         if error is None:
             self.status = "succeeded"
-            self._reach("joined", now)
+            self._reach(FINAL_PHASE[self.operation], now)
         else:
             self.status = "failed"
-            self.error = _last_lines(str(error)) or self.error or type(error).__name__
+            # The Automation API's exception ends with the run's summary; the engine said what went wrong.
+            self.error = self.engine_error() or _last_lines(str(error)) or type(error).__name__
 
     @property
     def elapsed(self) -> Optional[float]:
@@ -87,7 +124,8 @@ class CloudProgress:
     def to_dict(self) -> dict[str, Any]:
         return {
             "stack": self.stack, "status": self.status, "phase": self.phase, "started_at": self.started_at,
-            "finished_at": self.finished_at, "elapsed": self.elapsed, "resources_done": self.resources_done,
+            "operation": self.operation, "finished_at": self.finished_at, "elapsed": self.elapsed,
+            "resources_done": self.resources_done, "resources_started": self.resources_started,
             "phases": dict(self.phases), "error": self.error,
         }
 

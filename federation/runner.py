@@ -71,7 +71,7 @@ class Run:
         self.clock = clock
         self.t0 = clock()
         self.started_wall = time.time()
-        self.progress = {name: CloudProgress(name) for name in names}
+        self.progress = {name: CloudProgress(name, operation) for name in names}
         self.lock = threading.Lock()
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -104,7 +104,7 @@ class Run:
 
     def add(self, name: str) -> None:
         with self.lock:
-            self.progress = {name: CloudProgress(name), **self.progress}
+            self.progress = {name: CloudProgress(name, self.operation), **self.progress}
 
     def skip(self, name: str, reason: str) -> None:
         with self.lock:
@@ -114,7 +114,7 @@ class Run:
 
     def snapshot(self) -> list[CloudProgress]:
         with self.lock:
-            return [CloudProgress(**{**p.__dict__, "phases": dict(p.phases)}) for p in self.progress.values()]
+            return [p.copy() for p in self.progress.values()]
 
 
 def run_concurrently(run: Run, stacks: Sequence[Stack], parallelism: int) -> None:

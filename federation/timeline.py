@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .progress import PHASES, CloudProgress, summary_order
+from .progress import FINAL_PHASE, PHASES, CloudProgress, summary_order
 
 PHASE_COLOURS = {"network": "#4e79a7", "servers": "#f28e2b", "kubernetes": "#76b7b2", "cockroachdb": "#59a14f"}
 FAILED_COLOUR = "#e15759"
@@ -41,7 +41,7 @@ def _segments(cloud: dict[str, Any]) -> list[tuple[str, float, float]]:
     begin, end = cloud.get("started_at"), cloud.get("finished_at")
     if begin is None or end is None:
         return []
-    reached = sorted((t, p) for p, t in cloud.get("phases", {}).items() if p != "joined")
+    reached = sorted((t, p) for p, t in cloud.get("phases", {}).items() if p not in FINAL_PHASE.values())
     segments = []
     for index, (t, phase) in enumerate(reached):
         start = begin if index == 0 else t
@@ -81,7 +81,7 @@ def render_report(record: dict[str, Any]) -> str:
             x = label_width + finished * scale
             if cloud["status"] == "succeeded":
                 parts.append(f'<circle class="joined" cx="{x:.1f}" cy="{y + row / 2}" r="5" fill="{JOINED_COLOUR}"/>')
-                label = f'joined {cloud["elapsed"]:.1f}s'
+                label = f'{FINAL_PHASE[cloud.get("operation", "up")]} {cloud["elapsed"]:.1f}s'
             else:
                 parts.append(f'<rect class="failed" x="{x - 4:.1f}" y="{y + 6}" width="8" height="{row - 12}" '
                              f'fill="{FAILED_COLOUR}"/>')

@@ -19,13 +19,14 @@ MEMBER_TYPES = [
 ]
 
 
-def event(kind, resource_type=None, message=None, sequence=0):
+def event(kind, resource_type=None, message=None, sequence=0, op="create"):
     data = {"sequence": sequence, "timestamp": int(time.time())}
     if kind == "diagnostic":
-        data["diagnosticEvent"] = {"message": message, "color": "never", "severity": "error"}
+        urn = f"urn:pulumi:s::p::{resource_type}::r{sequence}"
+        data["diagnosticEvent"] = {"message": message, "color": "never", "severity": "error", "urn": urn}
     else:
         key = {"pre": "resourcePreEvent", "outputs": "resOutputsEvent"}[kind]
-        data[key] = {"metadata": {"op": "create", "urn": f"urn:pulumi:s::p::{resource_type}::r{sequence}",
+        data[key] = {"metadata": {"op": op, "urn": f"urn:pulumi:s::p::{resource_type}::r{sequence}",
                                   "type": resource_type, "provider": ""}}
     return EngineEvent.from_json(data)
 
@@ -54,8 +55,11 @@ class FakeStack:
                 on_output(f"  + {resource_type} creating")
                 if self.fail_after == index:
                     message = f"error: {resource_type}: quota exceeded\n  on cloud {self.name}"
-                    on_event(event("diagnostic", message=message))
-                    raise RuntimeError(f"stderr: ...\n{message}\nerror: update failed")
+                    on_event(event("diagnostic", resource_type, message=message, sequence=index))
+                    # Then the stack's own diagnostic, and the Automation API's exception: its summary.
+                    on_event(event("diagnostic", "pulumi:pulumi:Stack", message="update failed", sequence=99))
+                    raise RuntimeError("code: 255\n stdout: Resources:\n    + 4 created\n    1 errored\n"
+                                       "Duration: 3s\n\n stderr: ")
                 time.sleep(step)
                 on_event(event("outputs", resource_type, sequence=index))
         finally:

@@ -43,6 +43,31 @@ def test_events_drive_phases_forward_and_joined_on_the_statefulset():
     assert progress.resources_done == progress.resources_started == len(MEMBER_TYPES)
 
 
+def _render(table) -> str:
+    console = Console(record=True, width=140)
+    console.print(table)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("operation, final, count", [("preview", "previewed", "5/5"), ("destroy", "destroyed", "2/2")])
+def test_preview_and_destroy_never_claim_a_join(operation, final, count):
+    progress = CloudProgress("otc", operation)
+    progress.start(0.0)
+    for index, resource_type in enumerate(MEMBER_TYPES):
+        op = "delete" if operation == "destroy" else "create"
+        progress.on_event(event("pre", resource_type, sequence=index, op=op), now=float(index))
+        progress.on_event(event("outputs", resource_type, sequence=index, op=op), now=index + 0.5)
+    # A preview also reports outputs of resources it never started (unchanged ones): they are not "done".
+    for index, resource_type in enumerate(MEMBER_TYPES):
+        progress.on_event(event("outputs", resource_type, sequence=100 + index, op="same"), now=20.0)
+    assert progress.phase != "joined" and "joined" not in progress.phases
+    assert progress.resources_done == progress.resources_started == len(MEMBER_TYPES)
+    progress.finish(21.0)
+    assert progress.phase == final
+    text = _render(progress_table([progress], 22.0, "t"))
+    assert f"{final} {count}" in text and "joined" not in text
+
+
 def test_concurrency_is_bounded_and_real(tmp_path):
     stacks = [FakeStack(f"c{i}", duration=0.3) for i in range(6)]
     run = Run([s.name for s in stacks], "up", tmp_path / "logs")
@@ -62,7 +87,8 @@ def test_one_failure_does_not_stop_the_others(tmp_path):
     assert status == {"good1": "succeeded", "bad": "failed", "good2": "succeeded"}
     bad = run.progress["bad"]
     assert bad.phase == "servers"
-    assert "quota exceeded" in bad.error and "update failed" in bad.error
+    # The engine's diagnostic on the failing resource, not the Automation API's closing summary.
+    assert bad.error == "error: openstack:compute/instance:Instance: quota exceeded\n  on cloud bad"
     assert len(bad.error.splitlines()) <= 5
     log = (tmp_path / "logs" / "bad.log").read_text()
     assert "openstack:compute/instance:Instance creating" in log and "RuntimeError" in log
