@@ -62,13 +62,15 @@ def wait_until_ready(
         ready, seen = probe()
         if ready:
             return attempts
-        if clock() + interval > deadline:
+        # Probe until the deadline itself: the last wait is shortened, never skipped.
+        remaining = deadline - clock()
+        if remaining <= 0:
             raise ApiNotReadyError(
                 f"Kubernetes API {url} not ready after {timeout:.0f}s and {attempts} attempts; last answer: {seen}. "
                 "Check that the server booted (console log), that k3s installed, and that adminCidrs includes "
                 "the address this program runs from."
             )
-        sleep(interval)
+        sleep(min(interval, remaining))
 
 
 class _ApiReadinessProvider(dynamic.ResourceProvider):

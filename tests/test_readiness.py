@@ -41,6 +41,18 @@ def test_times_out_with_the_last_answer():
                          clock=clock, sleep=clock.sleep)
 
 
+def test_gives_up_only_at_its_own_deadline_when_probes_take_time():
+    clock = FakeClock()
+
+    def slow_refusal():
+        clock.now += 0.4  # each probe costs time, as a real connection attempt does
+        return False, "no route to host"
+
+    with pytest.raises(ApiNotReadyError, match=r"not ready after 30s"):
+        wait_until_ready(slow_refusal, url="https://x/readyz", timeout=30, interval=5, clock=clock, sleep=clock.sleep)
+    assert 30 <= clock.now < 31
+
+
 def _key():
     return ec.generate_private_key(ec.SECP256R1())
 
