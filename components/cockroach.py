@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pulumi.output import UNKNOWN
 
 from . import cockroach_manifests as m
 from . import pki
@@ -68,13 +69,16 @@ def seed_output(seed: pulumi.StackReference, seed_stack: str, name: str) -> pulu
     (A StackReference to a stack without outputs has no keys: require_output raises a bare KeyError.)"""
 
     def present(value):
-        if value is None:
-            raise SeedNotReady(
-                f"crdb-federation:seedStack = {seed_stack!r}: that stack has no output {name!r}. "
-                f"Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
-                f"crdb-federation:joinAddresses and the secrets caCertificate/caPrivateKey instead of seedStack."
-            )
-        return value
+        if value is not None:
+            return value
+        problem = (f"crdb-federation:seedStack = {seed_stack!r}: that stack has no output {name!r}. "
+                   f"Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
+                   f"crdb-federation:joinAddresses and the secrets caCertificate/caPrivateKey instead of seedStack.")
+        if pulumi.runtime.is_dry_run():
+            # A preview (a pull request's, say) still shows what this member builds; `up` stops here.
+            pulumi.log.warn(problem + " Previewing with the value unknown.")
+            return UNKNOWN
+        raise SeedNotReady(problem)
 
     return seed.get_output(name).apply(present)
 

@@ -24,6 +24,8 @@ from .readiness import ApiReadiness
 from .settings import KUBE_API_PORT, Settings
 
 ADMIN_ORGANIZATION = "system:masters"
+# Inputs of a server that only matter when it boots (engine names).
+SERVER_BOOT_INPUTS = ["userData", "blockDevices", "imageId", "imageName"]
 ADMIN_COMMON_NAME = "crdb-federation-admin"
 
 
@@ -153,7 +155,10 @@ class K3sCluster(pulumi.ComponentResource):
                     delete_on_termination=True,
                 )],
                 metadata={"crdb-federation-member": settings.cockroach.member, "k3s-role": "server" if is_server else "agent"},
-                opts=child,
+                # Each of these forces a new server, and the program's names force delete-before-replace:
+                # a k3s bump, a proxy change or a re-published image would wipe every node of the cloud at
+                # once. A server keeps what it booted with; k3s and the OS are upgraded in place.
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=SERVER_BOOT_INPUTS),
             ))
 
         self.api_endpoint = server_node.public_ip.apply(lambda ip: f"https://{ip}:{KUBE_API_PORT}")

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 from rich.live import Live
 
-from . import timeline
+from . import stack_config, timeline
 from .dashboard import progress_table, summary_table
 from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names
 
@@ -117,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         members = [s for s in (args.stacks or known) if s != args.seed]
         run = Run(members, "up", run_dir(args.runs_dir, "join"))
         stacks = [LazyStack(name) for name in members]
-        return orchestrate(run, lambda: join(run, LazyStack(args.seed), stacks, args.parallel),
+        needs_seed = any(stack_config.resolve(name).get("seedStack") for name in members)
+        return orchestrate(run, lambda: join(run, LazyStack(args.seed), stacks, args.parallel, needs_seed=needs_seed),
                            not args.no_dashboard, console)
     if args.command == "preview":
         names = args.stacks or known

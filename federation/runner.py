@@ -132,9 +132,10 @@ def seed_is_up(seed: Stack) -> bool:
     return bool(outputs.get("joinAddresses")) and bool(outputs.get("caCertificate"))
 
 
-def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int) -> None:
-    """Makes sure the seed is up (bringing it up first when it is not), then brings every member up at once."""
-    if not seed_is_up(seed):
+def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, needs_seed: bool = True) -> None:
+    """Makes sure the seed is up (bringing it up first when it is not), then brings every member up at once.
+    Members configured with explicit join addresses and CA (no seedStack) do not wait for the seed."""
+    if needs_seed and not seed_is_up(seed):
         run.add(seed.name)
         run.execute(seed)
         if run.progress[seed.name].status != "succeeded":

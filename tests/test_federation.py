@@ -120,6 +120,13 @@ def test_join_does_not_start_members_when_the_seed_fails(tmp_path):
     assert run.progress["a"].status == "failed" and "seed stack 'seed' is not up" in run.progress["a"].error
 
 
+def test_members_with_explicit_join_and_ca_do_not_wait_for_the_seed(tmp_path):
+    seed, member = FakeStack("seed", fail_after=1), FakeStack("a")
+    run = Run(["a"], "up", tmp_path / "logs")
+    join(run, seed, [member], parallelism=4, needs_seed=False)
+    assert seed.calls == [] and member.calls == ["up"] and run.progress["a"].status == "succeeded"
+
+
 def finished_run(tmp_path):
     stacks = [FakeStack("slow", 0.3), FakeStack("fast", 0.1), FakeStack("broken", 0.1, fail_after=5)]
     run = Run([s.name for s in stacks], "up", tmp_path / "logs")

@@ -222,3 +222,10 @@ def test_invalid_settings_create_nothing():
     assert cloud.resources == [] and cloud.invokes == []
     assert "crdb-federation:nodeCount = '0'" in str(error.value)
     assert "crdb-federation:adminCidrs = 'nope'" in str(error.value)
+
+
+def test_member_of_a_seed_without_outputs_fails_naming_the_seed_stack():
+    # The seed's stack exists but has exported nothing yet (it is not up): `up` must say so, not KeyError.
+    with pytest.raises(Exception, match=r"seedStack = 'organization/crdb-federation/seed': that stack has no "
+                                        r"output '(caCertificate|joinAddresses)'\. Bring the seed up first"):
+        run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: {}})
