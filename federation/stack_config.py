@@ -60,7 +60,7 @@ def _has_type(value: Any, declared: dict[str, Any]) -> bool:
 def _type_name(declared: dict[str, Any]) -> str:
     if declared.get("type") == "array":
         return f"List<{_type_name(declared.get('items') or {})}>"
-    return {"string": "string", "integer": "int", "boolean": "boolean"}.get(declared.get("type"), declared.get("type"))
+    return {"string": "string", "integer": "integer", "boolean": "boolean"}.get(declared.get("type"), declared.get("type"))
 
 
 def resolve(stack: str, root: Path = ROOT) -> dict[str, Any]:

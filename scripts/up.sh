@@ -12,7 +12,9 @@ if [ ! -f "stacks/Pulumi.$stack.yaml" ]; then
   known=$(for f in stacks/Pulumi.*.yaml; do f=${f#stacks/Pulumi.}; printf '%s ' "${f%.yaml}"; done)
   fail "no stack file stacks/Pulumi.$stack.yaml (stacks: $known)"
 fi
-command -v pulumi >/dev/null 2>&1 || fail "the Pulumi CLI is not installed. Install it (https://www.pulumi.com/docs/iac/download-install/), then run this again."
+# The pinned CLI, installed (or found in its cache) by the project itself.
+pulumi_bin=$(bash scripts/install-pulumi.sh) || fail "could not install the pinned Pulumi CLI (see above)"
+export PATH="$pulumi_bin:$PATH"
 
 [ -x venv/bin/python ] || python3 -m venv venv
 venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt

@@ -9,15 +9,18 @@ from tests.validators import assert_shellcheck_clean
 
 
 def test_scripts_pass_shellcheck():
-    for script in ("scripts/up.sh", "scripts/test.sh", ".ci/run"):
+    for script in ("scripts/up.sh", "scripts/test.sh", ".ci/run", "scripts/install-pulumi.sh",
+                   "tests/integration/localcloud/localcloud.sh"):
         assert_shellcheck_clean((ROOT / script).read_text(), "bash")
 
 
-def test_up_without_pulumi_cli_says_so(tmp_path):
+def test_up_without_a_way_to_install_the_cli_says_so(tmp_path):
+    # No cached CLI (a new HOME), no release download (no network here) and no Go on PATH.
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = subprocess.run(["bash", str(ROOT / "scripts/up.sh"), "seed"], env=env, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "the Pulumi CLI is not installed" in result.stderr
+    assert "Go is not installed to build the CLI" in result.stderr
+    assert "could not install the pinned Pulumi CLI" in result.stderr
 
 
 def test_up_with_unknown_stack_lists_the_stacks(tmp_path):

@@ -1,0 +1,193 @@
+"""A federation's life on the real engine against the local cloud, in order: the seed's `up`, three
+members at once through the federation tool, reading the cloud back, a second `up`, upgrades that must
+replace nothing, and a destroy that leaves nothing behind.
+
+The local cloud's servers run nothing, so every stack stops at the Kubernetes API gate, cleanly, after
+`apiReadyTimeout`; everything before it is created for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+import datetime
+
+from tests.integration.conftest import step_ops
+
+SEED = "seed"
+# One member per way of reaching a cloud: managed network with floating IPs, an existing provider
+# network with public fixed addresses, and one behind an HTTP proxy.
+MEMBERS = ("canonical", "vexxhost", "zte")
+GATE_TIMEOUT = 30  # the smallest apiReadyTimeout settings accept
+NOVA_USER_DATA_LIMIT = 65535
+SENSITIVE_PORTS = ((22, 22, "tcp"), (6443, 6443, "tcp"), (8080, 8080, "tcp"), (10250, 10250, "tcp"),
+                   (2379, 2380, "tcp"), (8472, 8472, "udp"))
+NO_REPLACE = ("openstack:compute/instance:Instance", "openstack:networking/port:Port",
+              "openstack:blockstorage/volume:Volume")
+
+
+def _federation_ca() -> tuple[str, str]:
+    """A CA for members that cannot read the seed's (its `up` stops at the gate, so it exports nothing)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "integration federation CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+@pytest.fixture(scope="module")
+def deployed(project):
+    """The seed's `up`, then the members' through `python -m federation join`; yields what they said."""
+    for stack in (SEED, *MEMBERS):
+        project.select(stack)
+        project.run("config", "set", "crdb-federation:apiReadyTimeout", str(GATE_TIMEOUT), stack=stack)
+    seed_events, seed_output = project.events("up", SEED, "--yes", "--skip-preview")
+    seed_ips = _server_addresses(project, SEED)
+    assert len(seed_ips) == 3, seed_output[-3000:]
+    ca_cert, ca_key = _federation_ca()
+    for stack in MEMBERS:
+        project.run("config", "rm", "crdb-federation:seedStack", stack=stack)
+        for index, ip in enumerate(seed_ips):
+            project.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", f"{ip}:26257",
+                        stack=stack)
+        # PEM starts with dashes: the CLI reads a value from stdin when none is given.
+        project.run("config", "set", "--secret", "crdb-federation:caCertificate", stack=stack, stdin=ca_cert)
+        project.run("config", "set", "--secret", "crdb-federation:caPrivateKey", stack=stack, stdin=ca_key)
+    runs = project.directory / "runs"
+    joined = project.tool("join", *MEMBERS, "--no-dashboard", "--runs-dir", str(runs))
+    yield {"seed_events": seed_events, "seed_output": seed_output, "join": joined, "runs": runs}
+    for stack in (SEED, *MEMBERS):
+        project.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, timeout=900)
+
+
+def _server_addresses(project, stack: str) -> list[str]:
+    """The public (floating) addresses of a managed stack's nodes, read from the cloud."""
+    cloud = project.cloud.connect()
+    found = {f.description.split()[-1]: f.floating_ip_address for f in cloud.network.ips()
+             if f.description.startswith(f"crdb-federation {stack}-k3s-")}
+    return [found[node] for node in sorted(found)]
+
+
+def test_seed_up_creates_everything_before_the_gate_and_stops_there_clearly(deployed):
+    events = deployed["seed_events"]
+    errors = [e["diagnosticEvent"]["message"] for e in events if e.get("diagnosticEvent", {}).get("severity") == "error"]
+    assert any("Kubernetes API https://" in m and f"not ready after {GATE_TIMEOUT}s" in m for m in errors), errors
+    created = {urn: op for urn, op in step_ops(events, "openstack:").items()}
+    assert created and set(created.values()) == {"create"}
+    failed = {e["resOpFailedEvent"]["metadata"]["type"] for e in events if "resOpFailedEvent" in e}
+    assert failed == {"pulumi-python:dynamic:Resource"}, failed
+
+
+def test_members_fail_in_phase_kubernetes_naming_endpoint_and_timeout(deployed):
+    joined = deployed["join"]
+    assert joined.returncode == 1, joined.stdout + joined.stderr
+    [timeline] = list(deployed["runs"].glob("*-join/*.json"))
+    record = json.loads(timeline.read_text())
+    clouds = {c["stack"]: c for c in record["clouds"]}
+    assert set(clouds) == set(MEMBERS)
+    for stack, cloud in clouds.items():
+        assert cloud["status"] == "failed" and cloud["phase"] == "kubernetes", cloud
+        assert "Kubernetes API https://" in cloud["error"] and f"not ready after {GATE_TIMEOUT}s" in cloud["error"]
+        assert (timeline.parent / "logs" / f"{stack}.log").read_text()
+    assert timeline.with_suffix(".html").read_text().count('class="failed"') == len(MEMBERS)
+
+
+def test_read_back_security_groups_ports_floating_ips_and_user_data(deployed, project):
+    cloud = project.cloud.connect()
+    for stack in (SEED, *MEMBERS):
+        groups = {g.id: g for g in cloud.network.security_groups() if g.name.startswith(f"{stack}-")}
+        assert groups, stack
+        for group in groups.values():
+            for rule in group.security_group_rules:
+                if rule["direction"] != "ingress" or rule.get("remote_ip_prefix") not in ("0.0.0.0/0", "::/0"):
+                    continue
+                for low, high, protocol in SENSITIVE_PORTS:
+                    covers = rule.get("port_range_min") is None or (
+                        rule["port_range_min"] <= high and rule["port_range_max"] >= low)
+                    assert not (covers and rule.get("protocol") in (None, protocol)), (stack, group.name, rule)
+        ports = {p.name: p for p in cloud.network.ports() if p.name.startswith(f"{stack}-k3s-")}
+        servers = [s for s in cloud.compute.servers(details=True) if s.name.startswith(f"{stack}-k3s-")]
+        assert len(ports) == len(servers) == 3, stack
+        for port in ports.values():
+            assert set(port.security_group_ids) == set(groups), (stack, port.name)
+        for fip in cloud.network.ips():
+            if fip.description.startswith(f"crdb-federation {stack}-k3s-"):
+                node = fip.description.split()[-1]
+                assert fip.port_id == ports[f"{node}-port"].id, (stack, node)
+        for server in servers:
+            full = cloud.compute.get_server(server.id)
+            assert full.status == "ACTIVE", (server.name, full.status)
+            user_data = full.user_data or ""
+            assert 0 < len(user_data) <= NOVA_USER_DATA_LIMIT and base64.b64decode(user_data), server.name
+
+
+def test_second_up_changes_no_openstack_resource(deployed, project):
+    for stack in (SEED, MEMBERS[0]):
+        events, output = project.events("up", stack, "--yes", "--skip-preview")
+        ops = step_ops(events, "openstack:")
+        assert ops and set(ops.values()) == {"same"}, {u: o for u, o in ops.items() if o != "same"}
+
+
+@pytest.mark.parametrize("key, value", [("k3sVersion", "v1.35.6+k3s1"), ("httpProxy", "http://proxy.example:3128")])
+def test_an_upgrade_replaces_no_server_port_or_volume(deployed, project, key, value):
+    project.run("config", "set", f"crdb-federation:{key}", value, stack=SEED)
+    try:
+        events, output = project.events("preview", SEED)
+        ops = step_ops(events)
+        touched = {u: o for u, o in ops.items() if any(f"::{t}::" in u for t in NO_REPLACE) and o != "same"}
+        assert not touched, touched
+    finally:
+        project.run("config", "rm", f"crdb-federation:{key}", stack=SEED)
+
+
+def test_a_republished_image_replaces_no_server(deployed, project, tmp_path):
+    cloud = project.cloud.connect()
+    blob = tmp_path / "newer.img"
+    blob.write_bytes(b"\0" * 1024)
+    newer = cloud.image.create_image(name="ubuntu-24.04", filename=str(blob), disk_format="raw",
+                                     container_format="bare", visibility="public")
+    try:
+        events, output = project.events("preview", SEED)
+        ops = step_ops(events)
+        touched = {u: o for u, o in ops.items() if any(f"::{t}::" in u for t in NO_REPLACE) and o != "same"}
+        assert not touched, touched
+    finally:
+        cloud.image.delete_image(newer)
+
+
+def test_destroy_leaves_nothing_behind(deployed, project):
+    for stack in (SEED, *MEMBERS):
+        project.run("destroy", "--yes", "--skip-preview", stack=stack, timeout=900)
+    cloud = project.cloud.connect()
+    ours = ("seed", *MEMBERS)
+
+    def named(items, attribute="name"):
+        return [getattr(i, attribute) for i in items if any(str(getattr(i, attribute) or "").startswith(f"{s}-")
+                                                            for s in ours)]
+
+    leftovers = {
+        "servers": named(cloud.compute.servers()),
+        "ports": named(cloud.network.ports()),
+        "floating ips": [f.floating_ip_address for f in cloud.network.ips() if f.description.startswith("crdb-federation ")],
+        "routers": named(cloud.network.routers()),
+        "networks": named(cloud.network.networks()),
+        "security groups": named(cloud.network.security_groups()),
+        "keypairs": named(cloud.compute.keypairs()),
+        "server groups": named(cloud.compute.server_groups()),
+        "volumes": [v.id for v in cloud.block_storage.volumes()],
+    }
+    assert not any(leftovers.values()), leftovers
