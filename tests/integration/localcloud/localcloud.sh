@@ -52,7 +52,7 @@ install() {
     pkill -f beam.smp >/dev/null 2>&1 || true
   fi
   local stamp
-  stamp="$VENV/.installed-$(sha256sum "$HERE/constraints.txt" "$HERE"/fakes/crdb_localcloud_fakes/*.py | sha256sum | cut -c1-16)"
+  stamp="$VENV/.installed-$(cat "$HERE/constraints.txt" "$HERE"/fakes/crdb_localcloud_fakes/*.py | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && return 0
   say "pip: OpenStack services into $VENV (about two minutes, once)"
   [ -x "$BIN/python" ] || python3 -m venv "$VENV"
