@@ -9,9 +9,7 @@ The local cloud's servers run nothing, so every stack stops at the Kubernetes AP
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -142,13 +140,18 @@ def test_second_up_changes_no_openstack_resource(deployed, project):
         assert ops and set(ops.values()) == {"same"}, {u: o for u, o in ops.items() if o != "same"}
 
 
+def _servers_ports_volumes_touched_by_a_preview(project) -> dict[str, str]:
+    """Servers, ports and volumes whose step in the seed's preview is anything but `same`."""
+    events, _ = project.events("preview", SEED)
+    return {urn: op for urn, op in step_ops(events).items()
+            if any(f"::{kind}::" in urn for kind in NO_REPLACE) and op != "same"}
+
+
 @pytest.mark.parametrize("key, value", [("k3sVersion", "v1.35.6+k3s1"), ("httpProxy", "http://proxy.example:3128")])
 def test_an_upgrade_replaces_no_server_port_or_volume(deployed, project, key, value):
     project.run("config", "set", f"crdb-federation:{key}", value, stack=SEED)
     try:
-        events, output = project.events("preview", SEED)
-        ops = step_ops(events)
-        touched = {u: o for u, o in ops.items() if any(f"::{t}::" in u for t in NO_REPLACE) and o != "same"}
+        touched = _servers_ports_volumes_touched_by_a_preview(project)
         assert not touched, touched
     finally:
         project.run("config", "rm", f"crdb-federation:{key}", stack=SEED)
@@ -161,9 +164,7 @@ def test_a_republished_image_replaces_no_server(deployed, project, tmp_path):
     newer = cloud.image.create_image(name="ubuntu-24.04", filename=str(blob), disk_format="raw",
                                      container_format="bare", visibility="public")
     try:
-        events, output = project.events("preview", SEED)
-        ops = step_ops(events)
-        touched = {u: o for u, o in ops.items() if any(f"::{t}::" in u for t in NO_REPLACE) and o != "same"}
+        touched = _servers_ports_volumes_touched_by_a_preview(project)
         assert not touched, touched
     finally:
         cloud.image.delete_image(newer)
