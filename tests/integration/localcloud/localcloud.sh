@@ -455,25 +455,51 @@ EOF
   touch "$DATA/.seeded"
 }
 
-cinder_ready() {
-  sdk <<'EOF'
-import sys, openstack
-storage = openstack.connect().block_storage
-up = [s for s in storage.services() if s.binary == "cinder-volume" and s.state == "up"]
-sys.exit(0 if up and list(storage.backend_pools()) else 1)
-EOF
-}
-
-compute_ready() {
-  sdk <<'EOF'
-import sys, openstack
-sys.exit(0 if list(openstack.connect().compute.hypervisors()) else 1)
+# Listening is not serving: a just-restarted API answers 503 while its token middleware or its
+# workers warm up. Ready means every service answers an authenticated call, three rounds running,
+# with nova-compute and cinder-volume registered.
+apis_ready() { # seconds
+  SECONDS_LEFT=$1 sdk <<'EOF'
+import os, sys, time, openstack
+deadline = time.monotonic() + int(os.environ["SECONDS_LEFT"])
+streak, last = 0, "no attempt"
+while streak < 3 and time.monotonic() < deadline:
+    try:
+        cloud = openstack.connect()
+        cloud.authorize()
+        list(cloud.placement.resource_providers())
+        list(cloud.network.networks(limit=1))
+        list(cloud.image.images(limit=1))
+        if not list(cloud.compute.hypervisors()):
+            raise RuntimeError("nova-compute has not registered a hypervisor")
+        storage = cloud.block_storage
+        if not any(s.binary == "cinder-volume" and s.state == "up" for s in storage.services()):
+            raise RuntimeError("cinder-volume is not up")
+        list(storage.volumes(limit=1))
+        streak += 1
+    except Exception as error:  # any failure restarts the streak
+        streak, last = 0, f"{type(error).__name__}: {error}"
+    time.sleep(1)
+if streak < 3:
+    sys.exit(f"the APIs did not answer three authenticated rounds in a row; last: {last}")
 EOF
 }
 
 # ------------------------------------------------------------------------------------------- commands
+# Loopback is per network namespace: services started in another one answer nobody here.
+same_netns() {
+  local name pid
+  for name in "${SERVICES[@]}"; do
+    running "$name" || continue
+    pid=$(cat "$PIDS/$name.pid")
+    [ "$(readlink "/proc/$pid/ns/net")" = "$(readlink /proc/self/ns/net)" ] ||
+      die "$name (pid $pid) runs in another network namespace; run '$0 stop' there first"
+  done
+}
+
 start() {
   local t0=$SECONDS
+  same_netns
   ip link set lo up 2>/dev/null || true
   install
   write_config
@@ -498,8 +524,7 @@ start() {
     wait_for "$url" 300 http_ok "$url"
   done
   seed_cloud
-  wait_for "nova-compute" 120 compute_ready
-  wait_for "cinder-volume" 120 cinder_ready
+  apis_ready 300 || die "not ready (logs: $LOGS)"
   say "ready in $((SECONDS - t0))s: OS_CLIENT_CONFIG_FILE=$BASE/clouds.yaml OS_CLOUD=localcloud"
 }
 
