@@ -158,7 +158,10 @@ class K3sCluster(pulumi.ComponentResource):
                 # Each of these forces a new server, and the program's names force delete-before-replace:
                 # a k3s bump, a proxy change or a re-published image would wipe every node of the cloud at
                 # once. A server keeps what it booted with; k3s and the OS are upgraded in place.
-                opts=pulumi.ResourceOptions(parent=self, ignore_changes=SERVER_BOOT_INPUTS),
+                # Its port exists apart and binds one server at a time, so a replacement (healing a
+                # server in ERROR) must delete the old server first; Nova refuses a port in use.
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=SERVER_BOOT_INPUTS,
+                                            delete_before_replace=True),
             ))
 
         self.api_endpoint = server_node.public_ip.apply(lambda ip: f"https://{ip}:{KUBE_API_PORT}")

@@ -37,18 +37,64 @@ class PulumiStack:
     """A stack of this project through the Automation API (a LocalWorkspace over the project directory,
     so the CLI reads stacks/Pulumi.<name>.yaml as `pulumi up` does)."""
 
-    def __init__(self, name: str, work_dir: Path = ROOT):
+    def __init__(self, name: str, work_dir: Path = ROOT, automation_stack: Any = None):
         from pulumi import automation as auto
 
         self.name = name
-        self._stack = auto.create_or_select_stack(stack_name=name, work_dir=str(work_dir))
+        self.retry_delay = 5.0
+        self._stack = automation_stack or auto.create_or_select_stack(stack_name=name, work_dir=str(work_dir))
 
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
+        extra: dict[str, Any] = {}
+        if operation == "up":
+            broken = self._broken_servers(on_output)
+            if broken:
+                on_output(f"replacing {len(broken)} server(s) in ERROR: {', '.join(broken)}")
+                extra["replace"] = broken
         method = getattr(self._stack, operation)
-        method(on_event=on_event, on_output=on_output, color="never")
+        try:
+            method(on_event=on_event, on_output=on_output, color="never", **extra)
+        except Exception as error:
+            if operation not in ("up", "destroy") or SERVER_IN_ERROR_NOT_DELETED not in str(error):
+                raise
+            # The provider waits for a deleted server to leave ACTIVE or SHUTOFF only; one in ERROR fails
+            # that wait at once although Nova goes on deleting it. The next attempt finds it gone.
+            on_output(f"a server in ERROR was still being deleted; retrying in {self.retry_delay:.0f}s")
+            time.sleep(self.retry_delay)
+            method(on_event=on_event, on_output=on_output, color="never", **extra)
+
+    def _broken_servers(self, on_output: Callable[[str], None]) -> list[str]:
+        """Servers to heal by replacement. A server that ended in ERROR is otherwise only `updated` by the
+        next `up`, which leaves it in ERROR (the provider hides an `error` power state from its diff).
+        A targeted refresh reads each server's current status first, so one that broke later is found too."""
+        servers = server_urns(self._stack.export_stack().deployment)
+        if not servers:
+            return []
+        self._stack.refresh(target=servers, on_output=on_output, color="never")
+        return servers_in_error(self._stack.export_stack().deployment)
 
     def outputs(self) -> dict[str, Any]:
         return {key: value.value for key, value in self._stack.outputs().items()}
+
+
+SERVER_TYPE = "openstack:compute/instance:Instance"
+# terraform-provider-openstack's delete wait: Pending ACTIVE/SHUTOFF, Target DELETED/SOFT_DELETED.
+SERVER_IN_ERROR_NOT_DELETED = "unexpected state 'ERROR', wanted target 'DELETED, SOFT_DELETED'"
+
+
+def _servers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in deployment.get("resources") or [] if r.get("type") == SERVER_TYPE]
+
+
+def server_urns(deployment: dict[str, Any]) -> list[str]:
+    """The URNs of every server in an exported stack state (pure)."""
+    return [r["urn"] for r in _servers(deployment)]
+
+
+def servers_in_error(deployment: dict[str, Any]) -> list[str]:
+    """Servers whose create failed (`initErrors`) or whose last read found them in ERROR (pure)."""
+    return [r["urn"] for r in _servers(deployment)
+            if r.get("initErrors") or (r.get("outputs") or {}).get("powerState") == "error"]
 
 
 def default_backend() -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 from federation import timeline
 from federation.dashboard import progress_table, summary_table
 from federation.progress import CloudProgress, phase_of
-from federation.runner import Run, join, run_concurrently
+from federation.runner import PulumiStack, Run, join, run_concurrently, server_urns, servers_in_error
 from tests.harness import ROOT
 
 from tests.fake_stacks import MEMBER_TYPES, FakeStack, event
@@ -216,3 +216,100 @@ def test_cli_report_command(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert 'data-stack="slow"' in path.with_suffix(".html").read_text()
+
+
+# ------------------------------------------------------------------------------------------- healing
+SERVER = "openstack:compute/instance:Instance"
+
+
+def _resource(name: str, kind: str = SERVER, **fields) -> dict:
+    return {"urn": f"urn:pulumi:canonical::crdb-federation::{kind}::{name}", "type": kind, **fields}
+
+
+class _AutomationStack:
+    """The Automation API stack as PulumiStack uses it: state before and after a refresh, and the calls."""
+
+    def __init__(self, before: list[dict], after: list[dict]):
+        self.states = [before, after]
+        self.calls: list[tuple[str, dict]] = []
+
+    def export_stack(self):
+        resources = self.states[0] if not any(c[0] == "refresh" for c in self.calls) else self.states[1]
+        return type("Deployment", (), {"deployment": {"resources": resources}})()
+
+    def refresh(self, **kwargs):
+        self.calls.append(("refresh", kwargs))
+
+    def up(self, **kwargs):
+        self.calls.append(("up", kwargs))
+
+
+def test_servers_in_error_are_those_whose_create_failed_or_that_read_back_as_error():
+    deployment = {"resources": [
+        _resource("k3s-0", outputs={"powerState": "active"}),
+        _resource("k3s-1", initErrors=["Error waiting for instance (x) to become ready"]),
+        _resource("k3s-2", outputs={"powerState": "error"}),
+        _resource("port", kind="openstack:networking/port:Port", outputs={"powerState": "error"}),
+    ]}
+    assert [u.rsplit("::", 1)[1] for u in servers_in_error(deployment)] == ["k3s-1", "k3s-2"]
+    assert len(server_urns(deployment)) == 3
+
+
+def test_up_refreshes_only_the_servers_then_replaces_those_in_error():
+    healthy, broken = _resource("k3s-0"), _resource("k3s-1")
+    automation = _AutomationStack([healthy, broken], [healthy, {**broken, "outputs": {"powerState": "error"}}])
+    said: list[str] = []
+    PulumiStack("canonical", automation_stack=automation).run("up", lambda e: None, said.append)
+    (refresh, refreshed), (up, upped) = automation.calls
+    assert refresh == "refresh" and refreshed["target"] == [healthy["urn"], broken["urn"]]
+    assert up == "up" and upped["replace"] == [broken["urn"]]
+    assert said == [f"replacing 1 server(s) in ERROR: {broken['urn']}"]
+
+
+def test_up_of_a_healthy_or_empty_stack_replaces_nothing():
+    for resources in ([], [_resource("k3s-0", outputs={"powerState": "active"})]):
+        automation = _AutomationStack(resources, resources)
+        PulumiStack("canonical", automation_stack=automation).run("up", lambda e: None, lambda line: None)
+        assert "replace" not in automation.calls[-1][1]
+        assert [c[0] for c in automation.calls] == (["refresh", "up"] if resources else ["up"])
+
+
+def test_preview_and_destroy_never_refresh_or_replace():
+    automation = _AutomationStack([_resource("k3s-0", initErrors=["x"])], [])
+    automation.preview = automation.destroy = lambda **kwargs: automation.calls.append(("other", kwargs))
+    for operation in ("preview", "destroy"):
+        PulumiStack("canonical", automation_stack=automation).run(operation, lambda e: None, lambda line: None)
+    assert [c[0] for c in automation.calls] == ["other", "other"]
+    assert not any("replace" in c[1] for c in automation.calls)
+
+
+def test_a_server_in_error_whose_delete_outlasts_the_providers_wait_is_retried_once():
+    automation = _AutomationStack([], [])
+    failures = [RuntimeError("Error waiting for instance (x) to Delete:  unexpected state 'ERROR', "
+                             "wanted target 'DELETED, SOFT_DELETED'. last error: %!s(<nil>)")]
+
+    def destroy(**kwargs):
+        automation.calls.append(("destroy", kwargs))
+        if failures:
+            raise failures.pop()
+
+    automation.destroy = destroy
+    stack = PulumiStack("canonical", automation_stack=automation)
+    stack.retry_delay = 0
+    said: list[str] = []
+    stack.run("destroy", lambda e: None, said.append)
+    assert [c[0] for c in automation.calls] == ["destroy", "destroy"]
+    assert said == ["a server in ERROR was still being deleted; retrying in 0s"]
+
+
+def test_other_failures_are_not_retried():
+    automation = _AutomationStack([], [])
+
+    def up(**kwargs):
+        automation.calls.append(("up", kwargs))
+        raise RuntimeError("Error creating OpenStack server: 409 Port is still in use")
+
+    automation.up = up
+    with pytest.raises(RuntimeError, match="still in use"):
+        PulumiStack("canonical", automation_stack=automation).run("up", lambda e: None, lambda line: None)
+    assert len(automation.calls) == 1

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 import datetime
 
-from tests.integration.conftest import step_ops
+from tests.integration.project import step_ops
 
 SEED = "seed"
 # One member per way of reaching a cloud: managed network with floating IPs, an existing provider
@@ -138,6 +138,19 @@ def test_second_up_changes_no_openstack_resource(deployed, project):
         events, output = project.events("up", stack, "--yes", "--skip-preview")
         ops = step_ops(events, "openstack:")
         assert ops and set(ops.values()) == {"same"}, {u: o for u, o in ops.items() if o != "same"}
+
+
+def test_the_tool_heals_a_server_in_error_by_replacing_it(deployed, project):
+    stack = MEMBERS[0]
+    cloud = project.cloud.connect()
+    victim = next(s for s in cloud.compute.servers() if s.name.startswith(f"{stack}-k3s-"))
+    cloud.compute.reset_server_state(victim, "error")
+    runs = project.directory / "runs-heal"
+    project.tool("join", stack, "--no-dashboard", "--runs-dir", str(runs))
+    log = next(runs.glob(f"*-join/logs/{stack}.log")).read_text()
+    assert "replacing 1 server(s) in ERROR" in log and f"::{victim.name}" in log, log[-3000:]
+    [healed] = [s for s in cloud.compute.servers() if s.name == victim.name]
+    assert healed.id != victim.id and healed.status == "ACTIVE", (healed.id, healed.status)
 
 
 def _servers_ports_volumes_touched_by_a_preview(project) -> dict[str, str]:
