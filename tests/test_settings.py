@@ -7,7 +7,7 @@ import yaml
 from federation.stack_config import as_config_strings
 
 from components.settings import (
-    CONFIG_KEYS, DEFAULT_COCKROACH_IMAGE, DEFAULT_K3S_VERSION, SECRET_KEYS, SettingsError, parse_settings,
+    CONFIG_KEYS, DEFAULT_COCKROACH_IMAGE, DEFAULT_K3S_VERSION, SettingsError, parse_settings,
 )
 from tests.harness import ROOT
 

@@ -10,7 +10,7 @@ import yaml
 
 from federation import stack_config
 from federation.runner import stack_names
-from tests.integration.conftest import step_ops
+from tests.integration.project import step_ops
 
 STACKS = stack_names()
 
