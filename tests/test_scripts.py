@@ -9,7 +9,7 @@ from tests.validators import assert_shellcheck_clean
 
 
 def test_scripts_pass_shellcheck():
-    for script in ("scripts/up.sh", "scripts/test.sh", ".ci/run", "scripts/install-pulumi.sh",
+    for script in ("scripts/up.sh", "scripts/test.sh", "scripts/bench.sh", ".ci/run", "scripts/install-pulumi.sh",
                    "tests/integration/localcloud/localcloud.sh"):
         assert_shellcheck_clean((ROOT / script).read_text(), "bash")
 

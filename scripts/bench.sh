@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The real-engine benchmark (bench/real_engine.py) inside the integration tier's network namespace.
+# Needs what the integration tier needs: scripts/test.sh run once as root (venv, pinned CLI, local
+# cloud), and the Python language host and provider plugins beside the CLI. Arguments go to the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "error: run as root: the benchmark runs in a network namespace" >&2; exit 2; }
+[ -x venv/bin/python ] || { echo "error: no venv/; run scripts/test.sh once first" >&2; exit 2; }
+pulumi_bin=$(bash scripts/install-pulumi.sh)
+netns=crdb-federation-tests
+ip netns list | grep -qw "$netns" || ip netns add "$netns"
+ip netns exec "$netns" ip link set lo up
+exec ip netns exec "$netns" env PATH="$pulumi_bin:$PWD/venv/bin:$PATH" CRDB_TEST_NETNS="$netns" \
+  venv/bin/python bench/real_engine.py "$@"
