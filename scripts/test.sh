@@ -39,12 +39,6 @@ if [ "$(id -u)" -eq 0 ]; then
   bash tests/integration/localcloud/localcloud.sh install || echo "warning: the local cloud did not install" >&2
 fi
 
-# The integration tier is not yet green on the real engine (see the issue notes): CI runs the unit
-# tier until it is; CRDB_INTEGRATION=1 runs both.
-if [ "${CRDB_INTEGRATION:-0}" != 1 ]; then
-  set -- -m "not integration" "$@"
-fi
-
 # Everything else runs in a network namespace with only loopback: the local cloud's floating and fixed
 # addresses exist only in its database, and whatever dials them fails at once instead of leaving.
 netns=crdb-federation-tests
