@@ -1,8 +1,10 @@
-"""python -m federation {join,preview,destroy,status,report}: the whole federation from one terminal."""
+"""python -m federation {join,preview,preflight,destroy,status,report}: the whole federation from one terminal."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shutil
 import sys
 import tempfile
@@ -12,8 +14,8 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 from rich.live import Live
 
-from . import stack_config, timeline
-from .dashboard import progress_table, summary_table
+from . import preflight, stack_config, timeline
+from .dashboard import preflight_table, progress_table, summary_table
 from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names
 
 SEED = "seed"
@@ -30,6 +32,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         command.add_argument("--parallel", type=int, default=16, help="stacks at once (default: %(default)s)")
         command.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="timelines, reports and logs")
         command.add_argument("--no-dashboard", action="store_true", help="print the summary only")
+        if name == "join":
+            command.add_argument("--skip-preflight", action="store_true", help="start clouds without checking them")
+            command.add_argument("--my-address", help="this machine's public IP, for preflight's admin range check")
+    check = commands.add_parser("preflight", help="check each cloud against what its stack needs; creates nothing")
+    check.add_argument("stacks", nargs="*", help="stacks (default: every stack)")
+    check.add_argument("--my-address", help="this machine's public IP (default: asked of %s)" % preflight.MY_ADDRESS_URL)
+    check.add_argument("--parallel", type=int, default=8)
+    check.add_argument("--json", type=Path, help="also write the findings to this file as JSON")
     destroy = commands.add_parser("destroy", help="destroy one member, after its nodes are decommissioned")
     destroy.add_argument("stack")
     destroy.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
@@ -90,7 +100,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "report":
         if not args.timeline.is_file():
             return fail(f"no timeline file {args.timeline}")
-        import json
         output = args.output or args.timeline.with_suffix(".html")
         output.write_text(timeline.render_report(json.loads(args.timeline.read_text())))
         console.print(f"report: {output}")
@@ -107,15 +116,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.confirm_decommissioned:
             return fail(f"decommission the CockroachDB nodes of '{args.stack}' first (README: Remove a cloud), "
                         "then pass --confirm-decommissioned")
-    if args.command in ("join", "preview", "destroy") or not (args.host and args.certs_dir):
+    if args.command in ("join", "preview", "destroy") or (args.command == "status" and not (args.host and args.certs_dir)):
         missing = require_pulumi_cli()
         if missing is not None:
             return missing
     default_backend()
 
+    if args.command == "preflight":
+        findings = preflight.run_preflight(args.stacks or known, ROOT, my_address=_my_address(args),
+                                           parallel=args.parallel)
+        console.print(preflight_table(findings))
+        if args.json:
+            args.json.write_text(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
+        failed = preflight.failed_stacks(findings)
+        if failed:
+            console.print(f"[bold red]preflight failed:[/] {', '.join(failed)}")
+        return 1 if failed else 0
     if args.command == "join":
         members = [s for s in (args.stacks or known) if s != args.seed]
         run = Run(members, "up", run_dir(args.runs_dir, "join"))
+        if not args.skip_preflight:
+            members = checked_members(run, members, _my_address(args), console)
         stacks = [LazyStack(name) for name in members]
         needs_seed = any(stack_config.resolve(name).get("seedStack") for name in members)
         return orchestrate(run, lambda: join(run, LazyStack(args.seed), stacks, args.parallel, needs_seed=needs_seed),
@@ -129,6 +150,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = Run([args.stack], "destroy", run_dir(args.runs_dir, "destroy"))
         return orchestrate(run, lambda: run_concurrently(run, [LazyStack(args.stack)], 1), True, console)
     return status_command(args, console)
+
+
+def _my_address(args: argparse.Namespace) -> Optional[str]:
+    return args.my_address or preflight.public_address()
+
+
+def checked_members(run: Run, members: list[str], my_address: Optional[str], console: Console) -> list[str]:
+    """Preflight every member; one that fails is marked failed in the run and not started, the others go on."""
+    findings = preflight.run_preflight(members, ROOT, my_address=my_address)
+    failed = preflight.failed_stacks(findings)
+    if failed:
+        console.print(preflight_table([f for f in findings if f.stack in failed and f.status == preflight.FAIL]))
+    for name in failed:
+        first = next(f for f in findings if f.stack == name and f.status == preflight.FAIL)
+        run.skip(name, f"preflight: {first.check}: {first.setting}: {first.found} ({first.todo}); "
+                       "see `python -m federation preflight " + name + "`")
+    return [m for m in members if m not in failed]
 
 
 def status_command(args: argparse.Namespace, console: Console) -> int:

@@ -6,6 +6,7 @@ from typing import Sequence
 
 from rich.table import Table
 
+from .preflight import Finding
 from .progress import CloudProgress, phases_of, summary_order
 
 STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red"}
@@ -36,4 +37,18 @@ def summary_table(clouds: Sequence[CloudProgress]) -> Table:
         elapsed = f"{cloud.elapsed:.1f}s" if cloud.elapsed is not None else "-"
         table.add_row(str(rank), cloud.stack, f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]", elapsed,
                       cloud.error if cloud.status == "failed" else "")
+    return table
+
+
+FINDING_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def preflight_table(findings: Sequence[Finding]) -> Table:
+    """One row per finding, grouped by stack in the order checked."""
+    table = Table(title="preflight")
+    for column in ("stack", "check", "status", "setting", "found", "what to do"):
+        table.add_column(column, overflow="fold")
+    for finding in findings:
+        table.add_row(finding.stack, finding.check, f"[{FINDING_STYLE[finding.status]}]{finding.status}[/]",
+                      finding.setting, finding.found, finding.todo)
     return table

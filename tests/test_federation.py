@@ -313,3 +313,29 @@ def test_other_failures_are_not_retried():
     with pytest.raises(RuntimeError, match="still in use"):
         PulumiStack("canonical", automation_stack=automation).run("up", lambda e: None, lambda line: None)
     assert len(automation.calls) == 1
+
+
+def test_join_does_not_start_a_member_that_fails_preflight_and_keeps_the_others(tmp_path, monkeypatch):
+    from federation import __main__ as tool, preflight
+
+    findings = [preflight.Finding("otc", "Image", preflight.FAIL, "image", "no active image named 'x'", "upload it"),
+                preflight.Finding("zte", "Image", preflight.PASS, "image", "ubuntu-24.04 = 1234")]
+    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address: findings)
+    run = Run(["otc", "zte"], "up", tmp_path / "logs")
+    kept = tool.checked_members(run, ["otc", "zte"], None, Console(file=open(os.devnull, "w")))
+    assert kept == ["zte"]
+    otc = run.progress["otc"]
+    assert otc.status == "failed" and otc.error.startswith("preflight: Image: image: no active image named 'x'")
+    assert run.progress["zte"].status == "waiting"
+
+
+def test_preflight_command_prints_the_table_writes_json_and_exits_1_on_a_failure(tmp_path, monkeypatch, capsys):
+    from federation import __main__ as tool, preflight
+
+    findings = [preflight.Finding("otc", "Flavors", preflight.FAIL, "serverFlavor", "m1.small: 1 vCPU, 2048 MiB",
+                                  "a flavor with at least 3 vCPU and 5120 MiB")]
+    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, parallel: findings)
+    code = tool.main(["preflight", "otc", "--my-address", "198.18.0.10", "--json", str(tmp_path / "f.json")])
+    assert code == 1
+    assert json.loads((tmp_path / "f.json").read_text())[0]["found"] == "m1.small: 1 vCPU, 2048 MiB"
+    assert "preflight failed: otc" in capsys.readouterr().out

@@ -1,0 +1,114 @@
+"""Preflight's decisions, without a cloud (the integration tier asks the local OpenStack)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from federation.preflight import (
+    FAIL, PASS, SKIP, WARN, Flavor, Needs, admin_findings, check_stack, documentation_overlaps, flavor_findings,
+    is_public, mtu_findings, needs, quota_findings, seed_findings, stack_settings,
+)
+from tests.harness import ROOT
+
+LARGE = Flavor("m1.large", 4, 8192, 80)
+SMALL = Flavor("m1.small", 1, 2048, 20)
+
+
+def test_a_managed_seed_needs_three_servers_volumes_floating_ips_and_its_groups():
+    settings = stack_settings("seed", ROOT)
+    need = needs(settings, LARGE, SMALL)
+    assert (need.instances, need.volumes, need.floatingip, need.router) == (3, 3, 3, 1)
+    assert (need.cores, need.ram) == (4 + 2 * 1, 8192 + 2 * 2048)
+    assert need.gigabytes == 3 * settings.openstack.boot_volume_size
+    assert need.ports == 3 + 2  # node ports, DHCP, router interface
+    assert need.security_group_rule > need.security_group >= 2
+
+
+def test_a_provider_network_member_needs_no_router_network_or_floating_ip():
+    need = needs(stack_settings("vexxhost", ROOT), LARGE, LARGE)
+    assert (need.network, need.subnet, need.router, need.floatingip, need.ports) == (0, 0, 0, 0, 3)
+
+
+def test_quota_headroom_fails_naming_the_resource_and_by_how_much():
+    need = Needs(**{field.name: 0 for field in dataclasses.fields(Needs)} | {"volumes": 3, "cores": 8})
+    [short] = quota_findings("otc", need, {"volumes": (10, 8), "cores": (-1, 500), "ports": (1, 1)})
+    assert (short.stack, short.status, short.found) == ("otc", FAIL, "volumes: need 3, free 2 (limit 10, used 8)")
+    assert "by 1" in short.todo
+    [fine] = quota_findings("otc", need, {"volumes": (10, 7), "cores": (-1, 500), "ports": (1, 1)})
+    assert fine.status == PASS and fine.found == "headroom for cores 8, volumes 3"  # ports not needed
+
+
+def test_a_flavor_too_small_for_cockroachdb_or_missing_fails():
+    settings = stack_settings("seed", ROOT)  # cockroachMemory 4Gi, cockroachCpu 2 by default
+    findings = flavor_findings("seed", settings, {"m1.xlarge": SMALL})
+    [finding] = findings  # agentFlavor is unset: the server flavor serves both
+    assert finding.status == FAIL and finding.setting == "serverFlavor"
+    assert "at least 3 vCPU and 5120 MiB" in finding.todo
+    assert flavor_findings("seed", settings, {})[0].found == "no flavor 'm1.xlarge'"
+    assert {f.status for f in flavor_findings("seed", settings, {"m1.xlarge": LARGE})} == {PASS}
+
+
+def test_admin_ranges_reject_documentation_ranges_and_must_hold_this_machine():
+    assert documentation_overlaps(["203.0.113.0/24", "2001:db8::/48", "8.8.8.0/24"]) == ["203.0.113.0/24", "2001:db8::/48"]
+    [doc] = admin_findings("seed", ["203.0.113.0/24"], "8.8.8.8")
+    assert doc.status == FAIL and "documentation" in doc.found
+    [outside] = admin_findings("seed", ["8.8.4.0/24"], "8.8.8.8")
+    assert outside.status == FAIL and "add 8.8.8.8/32" in outside.todo
+    assert admin_findings("seed", ["8.8.8.0/24"], "8.8.8.8")[0].status == PASS
+    assert admin_findings("seed", ["8.8.8.0/24"], None)[0].status == SKIP
+
+
+def test_public_means_reachable_from_other_clouds():
+    assert is_public("198.51.100.0/24") and is_public("2a01:4f8::/32")
+    assert not is_public("10.1.0.0/16") and not is_public("100.64.3.0/24") and not is_public("fd00::/64")
+
+
+def test_mtu_of_an_existing_network_must_leave_pods_1280_and_a_managed_mtu_above_vxlan_warns():
+    existing = stack_settings("vexxhost", ROOT)
+    assert mtu_findings("vexxhost", existing, 1500)[0].status == PASS
+    too_small = mtu_findings("vexxhost", existing, 1300)[0]
+    assert too_small.status == FAIL and "pods get 1250" in too_small.found
+    otc = stack_settings("otc", ROOT)  # mtu 1500 on a managed network
+    warned = mtu_findings("otc", otc, None)[0]
+    assert warned.status == WARN and "1450" in warned.todo
+
+
+def test_the_seed_check_needs_outputs_from_the_seed_stack():
+    member = stack_settings("canonical", ROOT)
+    [missing] = seed_findings("canonical", member, lambda stack: {})
+    assert missing.status == FAIL and "bring the seed up first" in missing.todo
+    [unreadable] = seed_findings("canonical", member, lambda stack: (_ for _ in ()).throw(RuntimeError("no stack")))
+    assert unreadable.status == FAIL and "no stack" in unreadable.found
+    outputs = {"joinAddresses": ["127.0.0.1:1"], "caCertificate": "x"}
+    [silent] = seed_findings("canonical", member, lambda stack: outputs, timeout=0.5)
+    assert silent.status == SKIP and "none of 1" in silent.found
+    assert seed_findings("seed", stack_settings("seed", ROOT), lambda stack: {})[0].status == SKIP
+
+
+def test_a_stack_the_settings_refuse_fails_before_any_cloud_is_asked(tmp_path):
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    text = (ROOT / "stacks" / "Pulumi.seed.yaml").read_text().replace("nodeCount: 3", "nodeCount: 1")
+    (tmp_path / "stacks" / "Pulumi.seed.yaml").write_text(text)
+
+    def never(settings):
+        raise AssertionError("no cloud may be asked")
+
+    [finding] = check_stack("seed", tmp_path, my_address=None, seed_outputs=lambda s: {}, connect=never)
+    assert finding.status == FAIL and finding.check == "Settings" and "nodeCount" in finding.found
+
+
+def test_a_cloud_that_refuses_the_credentials_is_one_access_failure():
+    def refuse(settings):
+        raise RuntimeError("The request you have made requires authentication. (HTTP 401)")
+
+    [finding] = check_stack("seed", ROOT, my_address=None, seed_outputs=lambda s: {}, connect=refuse)
+    assert (finding.check, finding.status, finding.setting) == ("Access", FAIL, "cloud")
+    assert "HTTP 401" in finding.found
+
+
+@pytest.mark.parametrize("stack", ["seed", "vexxhost", "zte", "otc"])
+def test_every_shipped_stack_parses_for_preflight(stack):
+    assert stack_settings(stack, ROOT).stack == stack
