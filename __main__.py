@@ -7,6 +7,7 @@ its join endpoints exported.
 import pulumi
 import pulumi_openstack as openstack
 
+from components.cockroach import fully_qualified_stack
 from components.member import CloudMember
 from components.settings import load_settings
 
@@ -20,8 +21,11 @@ if settings.kubernetes.mode == "k3s":
 
 member = CloudMember(settings.cockroach.member, settings, opts=opts)
 cluster, cockroach = member.cluster, member.cockroach
+trust, identity = cockroach.trust, cockroach.identity
 
 pulumi.export("role", settings.cockroach.role)
+# The name the seed lists in crdb-federation:members to admit this stack.
+pulumi.export("stack", fully_qualified_stack())
 pulumi.export("member", settings.cockroach.member)
 pulumi.export("apiEndpoint", cluster.api_endpoint)
 pulumi.export("kubeconfig", cluster.kubeconfig)
@@ -31,9 +35,14 @@ pulumi.export("sqlUrl", cockroach.sql_url)
 pulumi.export("adminUiUrl", cockroach.admin_ui_url)
 pulumi.export("clusterName", settings.cockroach.cluster_name)
 pulumi.export("locality", cockroach.locality)
-pulumi.export("caCertificate", member.federation.ca_cert_pem)
-if settings.cockroach.is_seed:
-    # Members sign their node certificates with it; it stays a secret in every state that holds it.
-    pulumi.export("caPrivateKey", member.federation.ca_key_pem)
-    pulumi.export("rootClientCertificate", cockroach.root_cert_pem)
-    pulumi.export("rootClientKey", cockroach.root_key_pem)
+pulumi.export("caCertificate", trust.ca_pem)
+pulumi.export("clientCaCertificate", trust.client_ca_pem)
+# What the seed signs: this stack's node key stays here, only the requests leave it.
+pulumi.export("certificateRequests", {"node": identity.requests.node, "client": identity.requests.client})
+pulumi.export("certificatesSigned", pulumi.Output.all(trust.node_cert_pem, trust.node_client_cert_pem).apply(all))
+if cockroach.seed is not None:
+    seed = cockroach.seed
+    pulumi.export("signedCertificates", seed.admissions.signed)
+    pulumi.export("federationJoin", seed.admissions.federation_join)
+    pulumi.export("rootClientCertificate", seed.authority.root_cert_pem)
+    pulumi.export("rootClientKey", seed.authority.root_key_pem)

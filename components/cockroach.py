@@ -1,196 +1,189 @@
-"""CockroachDB on one member's Kubernetes: PKI, namespace, secrets, services, StatefulSet, PDB, seed jobs."""
+"""CockroachDB on one member's Kubernetes: trust, namespace, secrets, join list, DaemonSet, PDB, seed jobs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi.output import UNKNOWN
 
 from . import cockroach_manifests as m
-from . import pki
+from .cloudinit import no_proxy_list
+from .federation import (
+    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, spread_join, stack_output,
+)
 from .kubernetes import KubeNode
 from .settings import COCKROACH_PORT, Settings
 
-
-@dataclass(frozen=True)
-class Federation:
-    """What a stack needs of the federation: its CA (certificate and key) and where to join."""
-
-    ca_cert_pem: pulumi.Output[str]
-    ca_key_pem: pulumi.Output[str]
-    join: pulumi.Output[list[str]]
+# The seed's own nodes join each other through at most this many private addresses.
+OWN_JOIN_COUNT = 3
+# Longer than anything the scripts wait for: the init job's 90 attempts of 10 s, a node's start.
+WORKLOAD_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="30m")
 
 
-class FederationCa(pulumi.ComponentResource):
-    """The one CA of the whole federation, created by the seed stack."""
-
-    def __init__(self, name: str, opts: Optional[pulumi.ResourceOptions] = None):
-        super().__init__("crdb-federation:cockroach:FederationCa", name, None, opts)
-        key, cert = pki.certificate_authority(
-            name, "crdb-federation CA", pulumi.ResourceOptions(parent=self), rsa=True, organization="Cockroach"
-        )
-        self.cert_pem = cert.cert_pem
-        self.key_pem = pulumi.Output.secret(key.private_key_pem)
-        self.register_outputs({"certPem": self.cert_pem})
+def fully_qualified_stack() -> str:
+    return f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}"
 
 
-def federation_for(settings: Settings, own_private_join: pulumi.Output[list[str]], opts: pulumi.ResourceOptions) -> Federation:
-    """The seed owns the CA (or is given one) and joins its own nodes privately; a member takes the CA
-    and the seed's public join addresses from the seed stack, or from explicit config."""
+class Seed:
+    """What only the seed has: the authority, the members it admitted, the federation's join list."""
+
+    def __init__(self, name: str, settings: Settings, identity: NodeIdentity, own_public: pulumi.Output[list[str]],
+                 own_private: pulumi.Output[list[str]], opts: pulumi.ResourceOptions):
+        c = settings.cockroach
+        own_ca = (c.ca_certificate, c.ca_private_key) if c.ca_certificate else None
+        self.authority = FederationAuthority(f"{name}-authority", own_ca=own_ca, opts=opts)
+        own = self.authority.sign(f"{name}-own", identity.requests)
+        own_join = own_public.apply(lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips])
+        self.admissions = MemberAdmissions(
+            f"{name}-admissions", seed_member=c.member, seed_ips=pulumi.Output.all(own_public, own_private).apply(
+                lambda v: v[0] + v[1]), seed_join=own_join, member_stacks=c.members, authority=self.authority,
+            opts=opts)
+        # Seed nodes find each other privately, and the members through their public addresses.
+        join = pulumi.Output.all(own_private, self.admissions.federation_join, own_join).apply(lambda v: spread_join(
+            [(c.member, [f"{ip}:{COCKROACH_PORT}" for ip in v[0][:OWN_JOIN_COUNT]])]
+            + [("federation", [a for a in v[1] if a not in v[2]] + list(c.join_addresses))]))
+        self.trust = Trust(self.authority.ca_pem, self.authority.client_ca_pem, identity.key_pem,
+                           own.node, own.client, join)
+
+
+def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.ResourceOptions) -> Trust:
+    """A member's CA certificates, its signed certificates (None until the seed signed them) and join list,
+    from the seed stack, or from explicit config for a member that cannot read the seed's outputs."""
     c = settings.cockroach
-    explicit_join = list(c.join_addresses)
-    if c.is_seed:
-        if c.ca_certificate is not None:
-            cert, key = c.ca_certificate, pulumi.Output.secret(c.ca_private_key)
-        else:
-            ca = FederationCa(f"{c.member}-federation-ca", opts=opts)
-            cert, key = ca.cert_pem, ca.key_pem
-        return Federation(cert, key, own_private_join.apply(lambda own: list(dict.fromkeys(own + explicit_join))))
-    if c.seed_stack:
-        seed = pulumi.StackReference(c.seed_stack, opts=opts)
-        cert = c.ca_certificate if c.ca_certificate is not None else seed_output(seed, c.seed_stack, "caCertificate")
-        key = c.ca_private_key if c.ca_private_key is not None else seed_output(seed, c.seed_stack, "caPrivateKey")
-        join = seed_output(seed, c.seed_stack, "joinAddresses").apply(
-            lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit_join)))
-        return Federation(cert, pulumi.Output.secret(key), join)
-    return Federation(c.ca_certificate, pulumi.Output.secret(c.ca_private_key), pulumi.Output.from_input(explicit_join))
+    explicit = list(c.join_addresses)
+    if not c.seed_stack:
+        return Trust(pulumi.Output.from_input(c.ca_certificate), pulumi.Output.from_input(c.client_ca_certificate),
+                     identity.key_pem, pulumi.Output.from_input(c.node_certificate),
+                     pulumi.Output.from_input(c.node_client_certificate), pulumi.Output.from_input(explicit))
+    seed = pulumi.StackReference(c.seed_stack, opts=opts)
+    todo = ("Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
+            "crdb-federation:joinAddresses, caCertificate and clientCaCertificate instead of seedStack.")
+
+    def output(name: str) -> pulumi.Output:
+        return stack_output(seed, c.seed_stack, name, "seedStack", todo)
+
+    seed_member = output("member").apply(lambda name: _other_than(name, c.member))
+    own = fully_qualified_stack()
+    signed = pulumi.Output.all(output("signedCertificates"), seed_member).apply(lambda v: v[0].get(own) or {})
+    join = output("federationJoin").apply(lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit)))
+    return Trust(output("caCertificate"), output("clientCaCertificate"), identity.key_pem,
+                 signed.apply(lambda s: s.get("node") or c.node_certificate),
+                 signed.apply(lambda s: s.get("client") or c.node_client_certificate), join)
 
 
-class SeedNotReady(pulumi.RunError):
-    """The seed stack has not exported what a member needs (it is not up yet, or is another project)."""
-
-
-def seed_output(seed: pulumi.StackReference, seed_stack: str, name: str) -> pulumi.Output:
-    """An output of the seed stack, or one clear error naming the stack and what to do.
-
-    (A StackReference to a stack without outputs has no keys: require_output raises a bare KeyError.)"""
-
-    def present(value):
-        if value is not None:
-            return value
-        problem = (f"crdb-federation:seedStack = {seed_stack!r}: that stack has no output {name!r}. "
-                   f"Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
-                   f"crdb-federation:joinAddresses and the secrets caCertificate/caPrivateKey instead of seedStack.")
-        if pulumi.runtime.is_dry_run():
-            # A preview (a pull request's, say) still shows what this member builds; `up` stops here.
-            pulumi.log.warn(problem + " Previewing with the value unknown.")
-            return UNKNOWN
-        raise SeedNotReady(problem)
-
-    return seed.get_output(name).apply(present)
+def _other_than(seed_member: str, member: str) -> str:
+    if seed_member == member:
+        raise pulumi.RunError(f"crdb-federation:memberName = {member!r}: expected a name other than the seed's "
+                              f"(locality cloud={member} would hold two clouds)")
+    return seed_member
 
 
 class CockroachNodes(pulumi.ComponentResource):
-    """The member's CockroachDB nodes, one pod per Kubernetes node, joined to the federation."""
+    """The member's CockroachDB nodes, one per Kubernetes node, joined to the federation."""
 
     join_addresses: pulumi.Output[list[str]]
     sql_url: pulumi.Output[str]
     admin_ui_url: pulumi.Output[str]
     locality: str
-    statefulset: k8s.apps.v1.StatefulSet
+    daemonset: k8s.apps.v1.DaemonSet
     init_job: Optional[k8s.batch.v1.Job]
-    replication_job: Optional[k8s.batch.v1.Job]
-    root_cert_pem: Optional[pulumi.Output[str]]
-    root_key_pem: Optional[pulumi.Output[str]]
-    node_cert_pem: Optional[pulumi.Output[str]]
+    seed: Optional[Seed]
 
     def __init__(
         self,
         name: str,
         settings: Settings,
         nodes: Sequence[KubeNode],
-        federation: Federation,
         provider: k8s.Provider,
         opts: Optional[pulumi.ResourceOptions] = None,
+        deleted_with: Optional[pulumi.Resource] = None,
     ):
+        """`deleted_with`: the resource whose deletion takes the whole Kubernetes cluster with it."""
         super().__init__("crdb-federation:cockroach:CockroachNodes", name, None, opts)
-        c = settings.cockroach
+        c, k = settings.cockroach, settings.kubernetes
         child = pulumi.ResourceOptions(parent=self)
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
         publics = pulumi.Output.all(*[n.public_ip for n in nodes])
         privates = pulumi.Output.all(*[n.private_ip for n in nodes])
         names = [n.name for n in nodes]
 
-        spec = pulumi.Output.all(publics, privates, federation.join).apply(lambda v: m.CockroachSpec(
+        spec = pulumi.Output.all(publics, privates).apply(lambda v: m.CockroachSpec(
             namespace=c.namespace,
             member=c.member,
             region=settings.openstack.region,
             zone=settings.openstack.availability_zone,
             cluster_name=c.cluster_name,
             image=c.image,
-            replicas=c.replicas,
-            join=tuple(v[2]),
-            insecure=c.insecure,
             memory=c.memory,
             cpu=c.cpu,
-            storage_size=c.storage_size,
-            storage_class=c.storage_class,
             nodes=tuple(m.NodeAddresses(n, pub, priv) for n, pub, priv in zip(names, v[0], v[1])),
+            http_proxy=k.http_proxy,
+            no_proxy=no_proxy_list(k, settings.network.cidr),
         ))
         self.locality = m.locality(c.member, settings.openstack.region, settings.openstack.availability_zone)
+        self.identity = NodeIdentity(f"{name}-identity", dns_names=m.node_certificate_dns_names(c.namespace),
+                                     ip_addresses=spec.apply(lambda s: m.node_certificate_ips(s.nodes)), opts=child)
+        self.seed = None
+        if c.is_seed:
+            self.seed = Seed(name, settings, self.identity, publics, privates, child)
+            trust = self.seed.trust
+        else:
+            trust = member_trust(settings, self.identity, child)
+        self.trust = trust
 
         namespace = self._apply(k8s.core.v1.Namespace, f"{name}-ns", spec.apply(m.render_namespace), k8s_opts, fields=())
         in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace]))
-        self._apply(
-            k8s.core.v1.ConfigMap, f"{name}-addresses", spec.apply(m.render_address_config_map), in_namespace, fields=("data",))
+        self._apply(k8s.core.v1.ConfigMap, f"{name}-addresses", spec.apply(m.render_address_config_map),
+                    in_namespace, fields=("data",))
+        self._apply(k8s.core.v1.ConfigMap, f"{name}-join", pulumi.Output.all(spec, trust.join).apply(
+            lambda v: m.render_join_config_map(v[0], tuple(v[1]))), in_namespace, fields=("data",))
+        signed = pulumi.Output.all(trust.node_cert_pem, trust.node_client_cert_pem).apply(lambda v: all(v))
+        self._secret(name, spec, m.NODE_SECRET, pulumi.Output.all(
+            trust.ca_pem, trust.client_ca_pem, trust.node_key_pem, trust.node_cert_pem, trust.node_client_cert_pem,
+        ).apply(lambda v: node_files(*v)), in_namespace)
+        self._apply(k8s.core.v1.Service, f"{name}-public", spec.apply(m.render_public_service), in_namespace)
+        self._apply(k8s.policy.v1.PodDisruptionBudget, f"{name}-pdb", spec.apply(m.render_pod_disruption_budget),
+                    in_namespace)
+        self.daemonset = self._apply(
+            k8s.apps.v1.DaemonSet, f"{name}-nodes",
+            pulumi.Output.all(spec, signed).apply(lambda v: m.render_daemonset(v[0], await_ready=v[1])),
+            pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(custom_timeouts=WORKLOAD_TIMEOUTS)))
 
-        self.node_cert_pem = self.root_cert_pem = self.root_key_pem = None
-        if not c.insecure:
-            node_key, node_cert = pki.signed_certificate(
-                f"{name}-node",
-                ca_cert_pem=federation.ca_cert_pem,
-                ca_key_pem=federation.ca_key_pem,
-                common_name="node",
-                uses=pki.SERVER_AND_CLIENT,
-                dns_names=m.node_certificate_dns_names(c.namespace),
-                ip_addresses=spec.apply(lambda s: m.node_certificate_ips(s.nodes)),
-                rsa=True,
-                opts=child,
-            )
-            self.node_cert_pem = node_cert.cert_pem
-            self._secret(name, spec, m.NODE_SECRET, {
-                "ca.crt": federation.ca_cert_pem, "node.crt": node_cert.cert_pem, "node.key": node_key.private_key_pem,
-            }, in_namespace)
-            if c.is_seed:
-                root_key, root_cert = pki.signed_certificate(
-                    f"{name}-root", ca_cert_pem=federation.ca_cert_pem, ca_key_pem=federation.ca_key_pem,
-                    common_name="root", uses=pki.CLIENT_ONLY, rsa=True, opts=child,
-                )
-                self.root_cert_pem, self.root_key_pem = root_cert.cert_pem, pulumi.Output.secret(root_key.private_key_pem)
-                self._secret(name, spec, m.CLIENT_SECRET, {
-                    "ca.crt": federation.ca_cert_pem, "client.root.crt": root_cert.cert_pem,
-                    "client.root.key": root_key.private_key_pem,
-                }, in_namespace)
-
-        for index, service in enumerate(("headless", "public")):
-            self._apply(k8s.core.v1.Service, f"{name}-{service}", spec.apply(lambda s, i=index: m.render_services(s)[i]), in_namespace)
-        self._apply(k8s.policy.v1.PodDisruptionBudget, f"{name}-pdb", spec.apply(m.render_pod_disruption_budget), in_namespace)
-        # Not after the ConfigMap and Secrets: the kubelet holds pods until their volumes exist, so waiting
-        # here would only serialise what Kubernetes already orders.
-        self.statefulset = self._apply(k8s.apps.v1.StatefulSet, f"{name}-sts", spec.apply(m.render_statefulset), in_namespace)
-
-        self.init_job = self.replication_job = None
-        if c.is_seed:
-            host = privates.apply(lambda ips: ips[0])
-            # Not after the StatefulSet: its pods only become ready once this job has initialised the cluster.
-            jobs_need = pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(delete_before_replace=True))
-            init = pulumi.Output.all(spec, host).apply(lambda v: m.render_job(v[0], "init", m.render_init_script(v[0], v[1])))
-            self.init_job = self._apply(k8s.batch.v1.Job, f"{name}-init", init, jobs_need)
-            replication = pulumi.Output.all(spec, host).apply(lambda v: m.render_job(
-                v[0], f"replication-{c.replication_factor}", m.render_replication_script(v[0], v[1], c.replication_factor)))
-            self.replication_job = self._apply(
-                k8s.batch.v1.Job, f"{name}-replication", replication,
-                pulumi.ResourceOptions.merge(jobs_need, pulumi.ResourceOptions(depends_on=[self.init_job])),
-            )
+        self.init_job = None
+        if self.seed is not None:
+            self.init_job = self._seed_jobs(name, settings, spec, privates, in_namespace)
 
         self.join_addresses = publics.apply(lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips])
         first_public = publics.apply(lambda ips: ips[0])
-        self.sql_url = first_public.apply(lambda ip: m.sql_url(ip, insecure=c.insecure))
-        self.admin_ui_url = first_public.apply(lambda ip: m.admin_ui_url(ip, insecure=c.insecure))
+        self.sql_url = first_public.apply(m.sql_url)
+        self.admin_ui_url = first_public.apply(m.admin_ui_url)
         self.register_outputs({"joinAddresses": self.join_addresses, "sqlUrl": self.sql_url})
+
+    def _seed_jobs(self, name: str, settings: Settings, spec: pulumi.Output, privates: pulumi.Output,
+                   opts: pulumi.ResourceOptions) -> k8s.batch.v1.Job:
+        c = settings.cockroach
+        authority = self.seed.authority
+        self._secret(name, spec, m.CLIENT_SECRET, pulumi.Output.all(
+            authority.ca_pem, authority.client_ca_pem, authority.root_cert_pem, authority.root_key_pem,
+        ).apply(lambda v: {"ca.crt": v[0], "ca-client.crt": v[1], "client.root.crt": v[2], "client.root.key": v[3]}),
+            opts)
+        host = privates.apply(lambda ips: ips[0])
+        # Init runs once in the life of the cluster: a later spec (a new image, a new address for node 0)
+        # must never re-create it. Not after the DaemonSet: its pods become ready only once this has run.
+        init = pulumi.Output.all(spec, host).apply(lambda v: m.render_job(v[0], "init", m.render_init_script(v[0], v[1])))
+        init_job = k8s.batch.v1.Job(
+            f"{name}-init", metadata=init["metadata"], spec=init["spec"],
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                ignore_changes=["metadata", "spec"], custom_timeouts=WORKLOAD_TIMEOUTS)))
+        if c.enterprise_license is not None:
+            self._secret(name, spec, m.LICENCE_SECRET, pulumi.Output.all(c.enterprise_license).apply(
+                lambda v: {"organization": c.cluster_organization or "", "license": v[0]}), opts)
+        settings_job = pulumi.Output.all(spec, host).apply(
+            lambda v: m.render_cluster_settings_cron_job(v[0], v[1], c.replication_factor))
+        self._apply(k8s.batch.v1.CronJob, f"{name}-cluster-settings", settings_job,
+                    pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[init_job])))
+        return init_job
 
     @staticmethod
     def _apply(kind: type, name: str, manifest: pulumi.Output[dict], opts: pulumi.ResourceOptions,
@@ -198,10 +191,10 @@ class CockroachNodes(pulumi.ComponentResource):
         """Creates a typed Kubernetes resource from a rendered manifest: its metadata and body fields."""
         return kind(name, metadata=manifest["metadata"], opts=opts, **{field: manifest[field] for field in fields})
 
-    def _secret(self, name: str, spec: pulumi.Output, secret_name: str, files: dict[str, pulumi.Output[str]],
+    @staticmethod
+    def _secret(name: str, spec: pulumi.Output, secret_name: str, files: pulumi.Output[dict[str, str]],
                 opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
-        manifest = pulumi.Output.all(spec, pulumi.Output.all(**files)).apply(
-            lambda v: m.render_secret(v[0], secret_name, dict(v[1])))
+        manifest = pulumi.Output.all(spec, files).apply(lambda v: m.render_secret(v[0], secret_name, dict(v[1])))
         return k8s.core.v1.Secret(
             f"{name}-{secret_name}",
             metadata=manifest["metadata"],
@@ -209,3 +202,11 @@ class CockroachNodes(pulumi.ComponentResource):
             string_data=pulumi.Output.secret(manifest["stringData"]),
             opts=opts,
         )
+
+
+def node_files(ca: str, client_ca: str, key: str, cert: Optional[str], client_cert: Optional[str]) -> dict[str, str]:
+    """The node secret's files; the certificates only once the seed has signed them (the pods wait for them)."""
+    files = {"ca.crt": ca, "ca-client.crt": client_ca, "node.key": key, "client.node.key": key}
+    if cert and client_cert:
+        files.update({"node.crt": cert, "client.node.crt": client_cert})
+    return files

@@ -2,29 +2,54 @@
 
 Every function maps plain values to plain text or dicts (real camelCase manifests), so the tests
 feed them to bash, shellcheck and kubernetes-validate without Pulumi.
+
+One CockroachDB node per Kubernetes node, as a DaemonSet on the labelled nodes: a node's pod and its
+data (a hostPath on the node's own Cinder volume) live and die with that node, so removing a server
+removes exactly that CockroachDB node. What changes while nodes run (the join list, the addresses of
+new nodes, renewed certificates) reaches them through mounted files, never through the pod template,
+so it restarts nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Sequence
 
-from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT
+from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT, COCKROACH_SQL_PORT
 
 APP = "cockroachdb"
 PUBLIC_SERVICE = f"{APP}-public"
 LABELS = {"app.kubernetes.io/name": APP, "app.kubernetes.io/part-of": "crdb-federation"}
 SELECTOR = {"app.kubernetes.io/name": APP}
+# Set on every node that runs CockroachDB (k3s: node-label at boot; existing clusters: a node patch).
+NODE_LABEL = "crdb-federation/cockroachdb"
 COCKROACH_BIN = "/cockroach/cockroach"
 CERTS_DIR = "/cockroach/cockroach-certs"
 DATA_DIR = "/cockroach/cockroach-data"
+# On the node: the mount point of its data volume, and the store directory inside it. The pod mounts
+# the store directory with type Directory, so a node whose volume is not mounted never starts a store
+# on its boot disk.
+HOST_DATA_MOUNT = "/var/lib/crdb-federation/data"
+HOST_STORE_DIR = f"{HOST_DATA_MOUNT}/cockroach"
 ADDRESS_DIR = "/etc/crdb-federation/addresses"
+JOIN_DIR = "/etc/crdb-federation/join"
 NODE_SECRET = f"{APP}-node-certs"
 CLIENT_SECRET = f"{APP}-root-certs"
+LICENCE_SECRET = f"{APP}-licence"
 ADDRESS_CONFIG_MAP = f"{APP}-node-addresses"
+JOIN_CONFIG_MAP = f"{APP}-join"
 READ_ONLY_BY_OWNER = 0o400
+# How often a running node looks for renewed certificates (it reloads them on SIGHUP).
+CERT_CHECK_SECONDS = 60
+# The cluster-settings job's schedule: licence, organisation and the replication factor.
+SETTINGS_SCHEDULE = "*/10 * * * *"
+# Five clouds and more: five replicas, so the loss of any one cloud (at most one replica of each range
+# when they are spread by the cloud= tier) leaves a majority; fewer clouds: three.
+CLOUDS_FOR_FIVE_REPLICAS = 5
+
+# Node files as CockroachDB expects them with a separate client CA (ca-client.crt).
+NODE_FILES = ("ca.crt", "ca-client.crt", "node.crt", "node.key", "client.node.crt", "client.node.key")
 
 
 @dataclass(frozen=True)
@@ -44,14 +69,11 @@ class CockroachSpec:
     zone: str
     cluster_name: str
     image: str
-    replicas: int
-    join: tuple[str, ...]
-    insecure: bool
     memory: str
     cpu: str
-    storage_size: str
-    storage_class: str
     nodes: tuple[NodeAddresses, ...]
+    http_proxy: Optional[str] = None
+    no_proxy: tuple[str, ...] = ()
 
 
 def locality(member: str, region: str, zone: str) -> str:
@@ -59,23 +81,26 @@ def locality(member: str, region: str, zone: str) -> str:
     return f"cloud={member},region={region},zone={zone}"
 
 
-def security_flags(spec: CockroachSpec) -> list[str]:
-    return ["--insecure"] if spec.insecure else [f"--certs-dir={CERTS_DIR}"]
+def replication_factor_for(clouds: int) -> int:
+    return 5 if clouds >= CLOUDS_FOR_FIVE_REPLICAS else 3
 
 
-def start_flags(spec: CockroachSpec, public_ip: str, private_ip: str) -> list[str]:
+def start_flags(spec: CockroachSpec, public_ip: str, private_ip: str, join: str) -> list[str]:
     """The exact `cockroach start` flags of a node with these addresses (the script substitutes them at run time)."""
     return [
         "start",
+        # 26257 carries node-to-node RPC only; SQL has a port of its own, open to other ranges.
+        f"--listen-addr=:{COCKROACH_PORT}",
         f"--advertise-addr={public_ip}:{COCKROACH_PORT}",
         # Nodes of one cloud talk over private addresses: floating IPs often do not hairpin.
         f"--locality-advertise-addr=cloud={spec.member}@{private_ip}:{COCKROACH_PORT}",
-        f"--listen-addr=:{COCKROACH_PORT}",
+        f"--sql-addr=:{COCKROACH_SQL_PORT}",
+        f"--advertise-sql-addr={public_ip}:{COCKROACH_SQL_PORT}",
         f"--http-addr=:{COCKROACH_HTTP_PORT}",
         f"--locality={locality(spec.member, spec.region, spec.zone)}",
-        f"--join={','.join(spec.join)}",
+        f"--join={join}",
         f"--cluster-name={spec.cluster_name}",
-        *security_flags(spec),
+        f"--certs-dir={CERTS_DIR}",
         f"--store=path={DATA_DIR}",
         "--cache=25%",
         "--max-sql-memory=25%",
@@ -90,19 +115,24 @@ def _double_quoted(text: str) -> str:
 
 
 def render_start_script(spec: CockroachSpec) -> str:
-    """bash run as the container command: looks up the addresses of the node the pod runs on, then execs.
+    """bash run as the container command: finds its node's addresses, waits for signed certificates, starts
+    CockroachDB with the current join list, and sends it SIGHUP whenever the mounted certificates change.
 
     The addresses come from a ConfigMap keyed by Kubernetes node name, so each pod advertises its own
-    node's public address, and the same one after every restart. ADDRESS_DIR and COCKROACH default to
-    the container's paths; tests point them elsewhere.
+    node's public address, and the same one after every restart. ADDRESS_DIR, JOIN_DIR, CERTS_DIR,
+    COCKROACH and CERT_CHECK_SECONDS default to the container's values; tests point them elsewhere.
     """
-    flags = [_double_quoted(flag) for flag in start_flags(spec, "\0public\0", "\0private\0")]
-    flags = [flag.replace("\0public\0", "${public_ip}").replace("\0private\0", "${private_ip}") for flag in flags]
+    shell_variables = {"\0public\0": "${public_ip}", "\0private\0": "${private_ip}", "\0join\0": "${join}"}
+    flags = [_double_quoted(flag) for flag in start_flags(spec, *shell_variables)]
+    for mark, variable in shell_variables.items():
+        flags = [flag.replace(mark, variable) for flag in flags]
     body = " \\\n  ".join(flags)
     return "\n".join([
         "#!/bin/bash",
         "set -euo pipefail",
+        f'certs="${{CERTS_DIR:-{CERTS_DIR}}}"',
         f'address_file="${{ADDRESS_DIR:-{ADDRESS_DIR}}}/${{NODE_NAME:?NODE_NAME must name the Kubernetes node}}"',
+        f'join_file="${{JOIN_DIR:-{JOIN_DIR}}}/join"',
         'if [ ! -r "$address_file" ]; then',
         '  echo "crdb-federation: no advertised addresses for node ${NODE_NAME} (${address_file})" >&2',
         "  exit 1",
@@ -113,23 +143,64 @@ def render_start_script(spec: CockroachSpec) -> str:
         '  echo "crdb-federation: ${address_file} must hold \'<public ip> <private ip>\'" >&2',
         "  exit 1",
         "fi",
-        f'exec "${{COCKROACH:-{COCKROACH_BIN}}}" {body}',
+        # A member's certificates are signed by the seed; until then the secret holds only the key and CAs.
+        'until [ -s "$certs/node.crt" ] && [ -s "$certs/client.node.crt" ]; do',
+        '  echo "crdb-federation: waiting for the seed to sign the certificates of ${NODE_NAME}"',
+        '  sleep "${CERT_CHECK_SECONDS:-60}"',
+        "done",
+        'join=$(tr -d "[:space:]" < "$join_file")',
+        'if [ -z "$join" ]; then',
+        '  echo "crdb-federation: the join list ${join_file} is empty" >&2',
+        "  exit 1",
+        "fi",
+        "fingerprint() { cat \"$certs\"/*.crt | sha256sum; }",
+        f'"${{COCKROACH:-{COCKROACH_BIN}}}" {body} &',
+        "child=$!",
+        # Kubernetes stops the pod with SIGTERM: CockroachDB drains on it, within the grace period.
+        "trap 'kill -TERM \"$child\" 2>/dev/null || true' TERM INT",
+        "seen=$(fingerprint)",
+        "elapsed=0",
+        # One-second steps: the container ends as soon as CockroachDB does, and a signal is never held.
+        'while kill -0 "$child" 2>/dev/null; do',
+        '  sleep 1 & wait "$!" || true',
+        "  elapsed=$((elapsed + 1))",
+        f'  [ "$elapsed" -ge "${{CERT_CHECK_SECONDS:-{CERT_CHECK_SECONDS}}}" ] || continue',
+        "  elapsed=0",
+        "  now=$(fingerprint)",
+        '  if [ "$now" != "$seen" ]; then',
+        '    echo "crdb-federation: certificates changed; reloading them (SIGHUP)"',
+        '    kill -HUP "$child" 2>/dev/null || true',
+        '    seen="$now"',
+        "  fi",
+        "done",
+        'wait "$child"',
         "",
     ])
 
 
-def _client_command(spec: CockroachSpec, host: str, command: str, *arguments: str) -> str:
-    """`cockroach <command>` against one node, as shell words (the binary can be overridden by tests)."""
-    words = [command, *security_flags(spec), f"--host={host}:{COCKROACH_PORT}", *arguments]
+def _host(address: str, port: int) -> str:
+    return f"--host={address}:{port}"
+
+
+def _client_command(*words: str) -> str:
+    """`cockroach <words> --certs-dir=...` as shell words (the binary can be overridden by tests)."""
+    words = (*words, f"--certs-dir={CERTS_DIR}")
     return f'"${{COCKROACH:-{COCKROACH_BIN}}}" ' + " ".join(shlex.quote(word) for word in words)
 
 
 def render_init_script(spec: CockroachSpec, host: str) -> str:
-    """Initialises the cluster once; a cluster that is already initialised counts as success."""
-    init = _client_command(spec, host, "init", f"--cluster-name={spec.cluster_name}")
+    """Initialises the cluster once in its life. A cluster that already answers SQL is never initialised
+    again; `init` sent to a node whose store was wiped could otherwise bootstrap a second cluster."""
+    answers = _client_command("sql", _host(host, COCKROACH_SQL_PORT), "--execute=SELECT 1")
+    init = _client_command("init", _host(host, COCKROACH_PORT), f"--cluster-name={spec.cluster_name}")
     return "\n".join([
         "#!/bin/bash",
         "set -uo pipefail",
+        # An uninitialised node holds SQL connections until init: a short deadline means "not yet".
+        f"if timeout \"${{PROBE_SECONDS:-20}}\" {answers} >/dev/null 2>&1; then",
+        '  echo "the cluster already answers SQL: nothing to initialise"',
+        "  exit 0",
+        "fi",
         "for attempt in $(seq 1 90); do",
         f"  if output=$({init} 2>&1); then",
         '    echo "$output"',
@@ -146,23 +217,48 @@ def render_init_script(spec: CockroachSpec, host: str) -> str:
     ])
 
 
-def replication_statement(factor: int) -> str:
-    return f"ALTER RANGE default CONFIGURE ZONE USING num_replicas = {int(factor)};"
+def clouds_query() -> str:
+    """How many clouds have nodes that are members of the cluster (not decommissioning or decommissioned)."""
+    return ("SELECT count(DISTINCT substring(n.locality FROM 'cloud=([^,]+)')) "
+            "FROM crdb_internal.gossip_nodes AS n JOIN crdb_internal.gossip_liveness AS l USING (node_id) "
+            "WHERE l.membership = 'active'")
 
 
-def render_replication_script(spec: CockroachSpec, host: str, factor: int) -> str:
-    sql = _client_command(spec, host, "sql", f"--execute={replication_statement(factor)}")
-    return "\n".join([
+def replication_statement(factor: str) -> str:
+    return f"ALTER RANGE default CONFIGURE ZONE USING num_replicas = {factor};"
+
+
+def render_cluster_settings_script(host: str, pinned_factor: int) -> str:
+    """Re-runnable (a CronJob): the licence and organisation from the mounted secret, and the default
+    replication factor, pinned or following the clouds present."""
+    def sql(statement: str) -> str:
+        return _client_command("sql", _host(host, COCKROACH_SQL_PORT), "--format=csv", f"--execute={statement}")
+
+    lines = [
         "#!/bin/bash",
         "set -euo pipefail",
-        "for attempt in $(seq 1 60); do",
-        f"  if {sql}; then exit 0; fi",
-        '  echo "replication attempt ${attempt} failed" >&2',
-        "  sleep \"${RETRY_SECONDS:-10}\"",
-        "done",
-        "exit 1",
+        f'licence_dir="${{LICENCE_DIR:-/etc/crdb-federation/licence}}"',
+        'organisation=$(cat "$licence_dir/organization")',
+        'licence=$(cat "$licence_dir/license")',
+        # Single quotes inside SQL string literals are doubled.
+        "quote() { printf \"'%s'\" \"${1//\\'/\\'\\'}\"; }",
+        f'{_client_command("sql", _host(host, COCKROACH_SQL_PORT))} '
+        '--execute="SET CLUSTER SETTING cluster.organization = $(quote "$organisation");" '
+        '--execute="SET CLUSTER SETTING enterprise.license = $(quote "$licence");"',
+    ]
+    if pinned_factor:
+        lines.append(f"factor={int(pinned_factor)}")
+    else:
+        lines += [
+            f"clouds=$({sql(clouds_query())} | tail -n 1)",
+            f'if [ "$clouds" -ge {CLOUDS_FOR_FIVE_REPLICAS} ]; then factor=5; else factor=3; fi',
+            'echo "clouds present: ${clouds}; default replication factor: ${factor}"',
+        ]
+    lines += [
+        _client_command("sql", _host(host, COCKROACH_SQL_PORT)) + f' --execute="{replication_statement("${factor}")}"',
         "",
-    ])
+    ]
+    return "\n".join(lines)
 
 
 def _meta(spec: CockroachSpec, name: str) -> dict[str, Any]:
@@ -182,6 +278,16 @@ def render_address_config_map(spec: CockroachSpec) -> dict[str, Any]:
     }
 
 
+def render_join_config_map(spec: CockroachSpec, join: tuple[str, ...]) -> dict[str, Any]:
+    """The join list, read by each node when it starts: changing it restarts nothing."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(spec, JOIN_CONFIG_MAP),
+        "data": {"join": ",".join(join) + "\n"},
+    }
+
+
 def render_secret(spec: CockroachSpec, name: str, files: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(spec, name), "type": "Opaque", "stringData": files}
 
@@ -189,30 +295,19 @@ def render_secret(spec: CockroachSpec, name: str, files: dict[str, str]) -> dict
 def _ports() -> list[dict[str, Any]]:
     return [
         {"name": "grpc", "port": COCKROACH_PORT, "targetPort": COCKROACH_PORT},
+        {"name": "sql", "port": COCKROACH_SQL_PORT, "targetPort": COCKROACH_SQL_PORT},
         {"name": "http", "port": COCKROACH_HTTP_PORT, "targetPort": COCKROACH_HTTP_PORT},
     ]
 
 
-def render_services(spec: CockroachSpec) -> list[dict[str, Any]]:
-    headless = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(spec, APP),
-        "spec": {
-            "clusterIP": "None",
-            # Peers must resolve nodes that are not ready yet, or a fresh cluster never forms.
-            "publishNotReadyAddresses": True,
-            "selector": dict(SELECTOR),
-            "ports": _ports(),
-        },
-    }
-    public = {
+def render_public_service(spec: CockroachSpec) -> dict[str, Any]:
+    """SQL and the admin UI for clients inside the member's Kubernetes."""
+    return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(spec, PUBLIC_SERVICE),
         "spec": {"type": "ClusterIP", "selector": dict(SELECTOR), "ports": _ports()},
     }
-    return [headless, public]
 
 
 def render_pod_disruption_budget(spec: CockroachSpec) -> dict[str, Any]:
@@ -224,22 +319,25 @@ def render_pod_disruption_budget(spec: CockroachSpec) -> dict[str, Any]:
     }
 
 
-def _cert_volume(secret: str) -> dict[str, Any]:
-    return {"name": "certs", "secret": {"secretName": secret, "defaultMode": READ_ONLY_BY_OWNER}}
+def _secret_volume(name: str, secret: str) -> dict[str, Any]:
+    return {"name": name, "secret": {"secretName": secret, "defaultMode": READ_ONLY_BY_OWNER}}
 
 
-def render_statefulset(spec: CockroachSpec) -> dict[str, Any]:
+def _proxy_env(spec: CockroachSpec) -> list[dict[str, str]]:
+    """Telemetry of Free licences and licence checks leave through the cloud's proxy, if it has one."""
+    if not spec.http_proxy:
+        return []
+    no_proxy = ",".join(spec.no_proxy)
+    return [{"name": name, "value": value} for name, value in (
+        ("HTTP_PROXY", spec.http_proxy), ("HTTPS_PROXY", spec.http_proxy), ("NO_PROXY", no_proxy),
+        ("http_proxy", spec.http_proxy), ("https_proxy", spec.http_proxy), ("no_proxy", no_proxy))]
+
+
+def render_daemonset(spec: CockroachSpec, *, await_ready: bool = True) -> dict[str, Any]:
+    """`await_ready` False (a member whose certificates the seed has not signed yet): Pulumi does not wait
+    for pods that cannot start; the annotation is metadata, so dropping it later restarts nothing."""
     script = render_start_script(spec)
-    scheme = "HTTP" if spec.insecure else "HTTPS"
     resources = {"cpu": spec.cpu, "memory": spec.memory}
-    mounts = [
-        {"name": "datadir", "mountPath": DATA_DIR},
-        {"name": "addresses", "mountPath": ADDRESS_DIR, "readOnly": True},
-    ]
-    volumes: list[dict[str, Any]] = [{"name": "addresses", "configMap": {"name": ADDRESS_CONFIG_MAP}}]
-    if not spec.insecure:
-        mounts.append({"name": "certs", "mountPath": CERTS_DIR, "readOnly": True})
-        volumes.append(_cert_volume(NODE_SECRET))
     container = {
         "name": APP,
         "image": spec.image,
@@ -248,88 +346,151 @@ def render_statefulset(spec: CockroachSpec) -> dict[str, Any]:
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "COCKROACH_CHANNEL", "value": "kubernetes-crdb-federation"},
+            *_proxy_env(spec),
         ],
         "ports": [
             {"name": "grpc", "containerPort": COCKROACH_PORT, "protocol": "TCP"},
+            {"name": "sql", "containerPort": COCKROACH_SQL_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": COCKROACH_HTTP_PORT, "protocol": "TCP"},
         ],
         # Equal requests and limits: Guaranteed QoS, and the 25% cache and SQL memory are of a fixed size.
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         # Readiness only: a liveness probe would kill nodes that are merely busy or catching up.
         "readinessProbe": {
-            "httpGet": {"path": "/health?ready=1", "port": COCKROACH_HTTP_PORT, "scheme": scheme},
+            "httpGet": {"path": "/health?ready=1", "port": COCKROACH_HTTP_PORT, "scheme": "HTTPS"},
             "initialDelaySeconds": 10,
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
         "securityContext": {"allowPrivilegeEscalation": False},
-        "volumeMounts": mounts,
+        "volumeMounts": [
+            {"name": "datadir", "mountPath": DATA_DIR},
+            {"name": "addresses", "mountPath": ADDRESS_DIR, "readOnly": True},
+            {"name": "join", "mountPath": JOIN_DIR, "readOnly": True},
+            {"name": "certs", "mountPath": CERTS_DIR, "readOnly": True},
+        ],
     }
+    metadata = _meta(spec, APP)
+    if not await_ready:
+        metadata["annotations"] = {"pulumi.com/skipAwait": "true"}
     return {
         "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _meta(spec, APP),
+        "kind": "DaemonSet",
+        "metadata": metadata,
         "spec": {
-            "serviceName": APP,
-            "replicas": spec.replicas,
-            "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": dict(SELECTOR)},
+            # One node at a time, and the next only once the last is ready again.
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "minReadySeconds": 10,
             "template": {
-                "metadata": {
-                    "labels": dict(LABELS),
-                    "annotations": {"crdb-federation/start-script-sha256": hashlib.sha256(script.encode()).hexdigest()},
-                },
+                "metadata": {"labels": dict(LABELS)},
                 "spec": {
                     "hostNetwork": True,
                     "dnsPolicy": "ClusterFirstWithHostNet",
                     "terminationGracePeriodSeconds": 300,
-                    "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                        {"labelSelector": {"matchLabels": dict(SELECTOR)}, "topologyKey": "kubernetes.io/hostname"}
-                    ]}},
+                    "nodeSelector": {NODE_LABEL: "true"},
                     "containers": [container],
-                    "volumes": volumes,
+                    "volumes": [
+                        {"name": "datadir", "hostPath": {"path": HOST_STORE_DIR, "type": "Directory"}},
+                        {"name": "addresses", "configMap": {"name": ADDRESS_CONFIG_MAP}},
+                        {"name": "join", "configMap": {"name": JOIN_CONFIG_MAP}},
+                        _secret_volume("certs", NODE_SECRET),
+                    ],
                 },
             },
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "datadir", "labels": dict(LABELS)},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": spec.storage_class,
-                    "resources": {"requests": {"storage": spec.storage_size}},
-                },
+        },
+    }
+
+
+def _client_pod(spec: CockroachSpec, name: str, script: str, extra_volumes: tuple[tuple[str, str, str], ...] = ()
+                ) -> dict[str, Any]:
+    """The pod of a seed client job, running with the root client certificate (and extra secrets)."""
+    mounts = [{"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}]
+    volumes = [_secret_volume("certs", CLIENT_SECRET)]
+    for volume, secret, path in extra_volumes:
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+        volumes.append(_secret_volume(volume, secret))
+    return {
+        "metadata": {"labels": dict(LABELS)},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "containers": [{
+                "name": name,
+                "image": spec.image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/bash", "-c", script],
+                "securityContext": {"allowPrivilegeEscalation": False},
+                "volumeMounts": mounts,
             }],
+            "volumes": volumes,
         },
     }
 
 
 def render_job(spec: CockroachSpec, name: str, script: str) -> dict[str, Any]:
-    """A client job of the seed (init, replication) running with the root client certificate."""
-    container: dict[str, Any] = {
-        "name": name,
-        "image": spec.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["/bin/bash", "-c", script],
-        "securityContext": {"allowPrivilegeEscalation": False},
-    }
-    pod: dict[str, Any] = {"restartPolicy": "OnFailure", "containers": [container]}
-    if not spec.insecure:
-        container["volumeMounts"] = [{"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}]
-        pod["volumes"] = [_cert_volume(CLIENT_SECRET)]
+    """A one-off client job of the seed (init). No TTL: a finished job that vanished would be re-created."""
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _meta(spec, name),
-        "spec": {"backoffLimit": 6, "template": {"metadata": {"labels": dict(LABELS)}, "spec": pod}},
+        "spec": {"backoffLimit": 6, "template": _client_pod(spec, name, script)},
+    }
+
+
+def render_cluster_settings_cron_job(spec: CockroachSpec, host: str, pinned_factor: int) -> dict[str, Any]:
+    name = "cluster-settings"
+    pod = _client_pod(spec, name, render_cluster_settings_script(host, pinned_factor),
+                      (("licence", LICENCE_SECRET, "/etc/crdb-federation/licence"),))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _meta(spec, name),
+        "spec": {
+            "schedule": SETTINGS_SCHEDULE,
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {"backoffLimit": 2, "template": pod}},
+        },
+    }
+
+
+def render_decommission_job(namespace: str, image: str, name: str, node_ids: Sequence[int], host: str,
+                            timeout_seconds: int) -> dict[str, Any]:
+    """Decommissions nodes through a live node's RPC port as user `node`, with the member's own node
+    certificates, and waits until their replicas have moved and they are `decommissioned`."""
+    command = _client_command("node", "decommission", *[str(i) for i in node_ids], f"--host={host}", "--wait=all")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(LABELS)},
+        "spec": {
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": int(timeout_seconds),
+            "template": {
+                "metadata": {"labels": dict(LABELS)},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "containers": [{
+                        "name": "decommission",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["/bin/bash", "-c", "set -euo pipefail\n" + command + "\n"],
+                        "securityContext": {"allowPrivilegeEscalation": False},
+                        "volumeMounts": [{"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}],
+                    }],
+                    "volumes": [_secret_volume("certs", NODE_SECRET)],
+                },
+            },
+        },
     }
 
 
 def node_certificate_dns_names(namespace: str) -> list[str]:
-    """Service names a node is reached by, inside and outside its namespace."""
+    """Names a node is reached by from inside its Kubernetes."""
     names = ["localhost"]
-    for service in (APP, PUBLIC_SERVICE):
-        names += [service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
-    names += [f"*.{APP}", f"*.{APP}.{namespace}", f"*.{APP}.{namespace}.svc.cluster.local"]
+    names += [PUBLIC_SERVICE, f"{PUBLIC_SERVICE}.{namespace}", f"{PUBLIC_SERVICE}.{namespace}.svc",
+              f"{PUBLIC_SERVICE}.{namespace}.svc.cluster.local"]
     return names
 
 
@@ -340,13 +501,11 @@ def node_certificate_ips(nodes: tuple[NodeAddresses, ...]) -> list[str]:
     return list(dict.fromkeys(ips))
 
 
-def sql_url(host: str, *, insecure: bool) -> str:
+def sql_url(host: str) -> str:
     """A connection URL without secrets: the client supplies the files named in it."""
-    if insecure:
-        return f"postgresql://root@{host}:{COCKROACH_PORT}/defaultdb?sslmode=disable"
-    return (f"postgresql://root@{host}:{COCKROACH_PORT}/defaultdb?sslmode=verify-full"
+    return (f"postgresql://root@{host}:{COCKROACH_SQL_PORT}/defaultdb?sslmode=verify-full"
             "&sslrootcert=ca.crt&sslcert=client.root.crt&sslkey=client.root.key")
 
 
-def admin_ui_url(host: str, *, insecure: bool) -> str:
-    return f"{'http' if insecure else 'https'}://{host}:{COCKROACH_HTTP_PORT}"
+def admin_ui_url(host: str) -> str:
+    return f"https://{host}:{COCKROACH_HTTP_PORT}"

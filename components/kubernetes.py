@@ -8,24 +8,28 @@ the kubeconfig without SSH and without copying anything back from a VM.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
+import pulumi_kubernetes as k8s_provider
 import pulumi_openstack as openstack
 import pulumi_random as random
 import pulumi_tls as tls
 import yaml
 
-from . import pki
+from . import pki, upgrades
 from .addresses import NodeAddresses
-from .cloudinit import K3S_CA_FILES, K3sNode, render_user_data
+from .cloudinit import K3S_CA_FILES, K3sJoin, K3sNode, render_user_data
 from .readiness import ApiReadiness
 from .settings import KUBE_API_PORT, Settings
 
 ADMIN_ORGANIZATION = "system:masters"
-# Inputs of a server that only matter when it boots (engine names).
-SERVER_BOOT_INPUTS = ["userData", "blockDevices", "imageId", "imageName"]
+# Inputs of a server that only matter when it boots (engine names). configDrive too: servers made
+# before it was set keep their metadata-service boot rather than being replaced for it.
+SERVER_BOOT_INPUTS = ["userData", "blockDevices", "imageId", "imageName", "configDrive"]
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 ADMIN_COMMON_NAME = "crdb-federation-admin"
 
 
@@ -94,13 +98,35 @@ class K3sPki(pulumi.ComponentResource):
         return pulumi.Output.all(**entries)
 
 
+@dataclass(frozen=True)
+class NodeMachine:
+    """The OpenStack resources that hold one node: what its decommissioning must come before."""
+
+    server: openstack.compute.Instance
+    data_volume: openstack.blockstorage.Volume
+    attachment: openstack.compute.VolumeAttach
+
+
+def pinned_image_id(name: str, image: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """The image's ID as of the first deploy. A name is looked up once and kept (a Stash): an image
+    re-published under the same name reaches no server, new or replaced, until `image` itself changes."""
+    if _UUID.match(image):
+        return pulumi.Output.from_input(image)
+    found = openstack.images.get_image_output(name=image, most_recent=True, opts=pulumi.InvokeOptions(parent=opts.parent))
+    stash = pulumi.Stash(f"{name}-image", input=found.id,
+                         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(replacement_trigger=image)))
+    return stash.output
+
+
 class K3sCluster(pulumi.ComponentResource):
-    """One k3s server and N-1 agents on Nova, plus the admin kubeconfig gated on API readiness."""
+    """One k3s server and N-1 agents on Nova, each with its own data volume, plus the admin kubeconfig
+    gated on API readiness and the in-place upgrade plans."""
 
     nodes: list[KubeNode]
+    machines: list[NodeMachine]
     api_endpoint: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
-    servers: list[openstack.compute.Instance]
+    admin_kubeconfig: pulumi.Output[str]
 
     def __init__(
         self,
@@ -113,45 +139,66 @@ class K3sCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         cloud, k8s = settings.openstack, settings.kubernetes
         self.pki = K3sPki(f"{name}-pki", opts=child)
-        token = random.RandomPassword(f"{name}-token", length=48, special=False, opts=child)
+        server_token = random.RandomPassword(f"{name}-token", length=48, special=False, opts=child)
+        agent_password = random.RandomPassword(f"{name}-agent-token", length=48, special=False, opts=child)
+        server_ca = self.pki.ca_certs["server-ca"].cert_pem
+        join = pulumi.Output.all(server_token.result, agent_password.result, server_ca).apply(
+            lambda v: K3sJoin(v[0], v[1], v[2]))
         group = openstack.compute.ServerGroup(
             f"{name}-spread", name=f"{name}-spread", policies="soft-anti-affinity", opts=child
         )
         keypair = None
         if cloud.ssh_public_key:
             keypair = openstack.compute.Keypair(f"{name}-ssh", name=f"{name}-ssh", public_key=cloud.ssh_public_key, opts=child)
-        image = openstack.images.get_image_output(name=cloud.image, most_recent=True, opts=pulumi.InvokeOptions(parent=self))
+        image_id = pinned_image_id(name, cloud.image, child)
 
         server_node = addresses.nodes[0]
         ca_files = self.pki.files()
-        self.servers = []
+        self.machines = []
         for index, node in enumerate(addresses.nodes):
             is_server = index == 0
+            volume = openstack.blockstorage.Volume(
+                f"{node.name}-data",
+                name=f"{node.name}-data",
+                description=f"crdb-federation CockroachDB store of {node.name}",
+                size=cloud.data_volume_size,
+                volume_type=cloud.data_volume_type,
+                metadata={"crdb-federation-member": settings.cockroach.member, "crdb-federation-node": node.name},
+                opts=child,
+            )
+            # The same node password on a replacement server: k3s refuses a known node name otherwise.
+            node_password = random.RandomPassword(f"{node.name}-node-password", length=32, special=False, opts=child)
             user_data = pulumi.Output.all(
-                node.private_ip, node.public_ip, server_node.private_ip, token.result, ca_files if is_server else {}
+                node.private_ip, node.public_ip, server_node.private_ip, join, volume.id, node_password.result,
+                ca_files if is_server else {},
             ).apply(lambda v, node=node, is_server=is_server: render_user_data(
-                K3sNode(node.name, v[0], v[1], is_server),
+                K3sNode(node.name, v[0], v[1], is_server, data_volume_id=v[4]),
                 kubernetes=k8s,
-                token=v[3],
+                join=v[3],
                 server_private_ip=v[2],
                 network_cidr=settings.network.cidr,
-                ca_files=v[4] or None,
+                node_password=v[5],
+                ca_files=v[6] or None,
             ))
-            self.servers.append(openstack.compute.Instance(
+            server = openstack.compute.Instance(
                 node.name,
                 name=node.name,
                 flavor_name=cloud.server_flavor if is_server else cloud.agent_flavor,
                 availability_zone=cloud.availability_zone,
                 key_pair=keypair.name if keypair else None,
                 user_data=pulumi.Output.secret(user_data),
+                # User data (it holds the cluster CA keys on the server) is read from a drive, never from
+                # the metadata service that pods could reach.
+                config_drive=True,
                 networks=[openstack.compute.InstanceNetworkArgs(port=node.port_id)],
                 scheduler_hints=[openstack.compute.InstanceSchedulerHintArgs(group=group.id)],
                 block_devices=[openstack.compute.InstanceBlockDeviceArgs(
                     source_type="image",
-                    uuid=image.id,
+                    uuid=image_id,
                     destination_type="volume",
                     volume_size=cloud.boot_volume_size,
                     boot_index=0,
+                    # The boot disk holds only the OS and k3s; the store is on the data volume.
                     delete_on_termination=True,
                 )],
                 metadata={"crdb-federation-member": settings.cockroach.member, "k3s-role": "server" if is_server else "agent"},
@@ -162,27 +209,47 @@ class K3sCluster(pulumi.ComponentResource):
                 # server in ERROR) must delete the old server first; Nova refuses a port in use.
                 opts=pulumi.ResourceOptions(parent=self, ignore_changes=SERVER_BOOT_INPUTS,
                                             delete_before_replace=True),
-            ))
+            )
+            # Re-attached to a replacement server, whose first boot mounts it without formatting it.
+            attachment = openstack.compute.VolumeAttach(
+                f"{node.name}-data-attach", instance_id=server.id, volume_id=volume.id, opts=child)
+            self.machines.append(NodeMachine(server, volume, attachment))
 
         self.api_endpoint = server_node.public_ip.apply(lambda ip: f"https://{ip}:{KUBE_API_PORT}")
-        server_ca = self.pki.ca_certs["server-ca"].cert_pem
         admin_cert, admin_key = self.pki.admin_cert.cert_pem, self.pki.admin_key.private_key_pem
-        kubeconfig = pulumi.Output.all(self.api_endpoint, server_ca, admin_cert, admin_key).apply(
-            lambda v: render_kubeconfig(name, v[0], v[1], v[2], v[3])
-        )
+        self.admin_kubeconfig = pulumi.Output.secret(pulumi.Output.all(
+            self.api_endpoint, server_ca, admin_cert, admin_key).apply(lambda v: render_kubeconfig(name, *v)))
         gate = ApiReadiness(
             f"{name}-api-ready",
             url=self.api_endpoint.apply(lambda url: f"{url}/readyz"),
             ca_pem=server_ca,
             cert_pem=admin_cert,
             key_pem=admin_key,
-            kubeconfig=kubeconfig,
+            kubeconfig=self.admin_kubeconfig,
             timeout_seconds=k8s.api_ready_timeout,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.servers[0], *addresses.reachable]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.machines[0].server, *addresses.reachable]),
         )
         self.kubeconfig = pulumi.Output.secret(gate.kubeconfig)
         self.nodes = [KubeNode(n.name, n.public_ip, n.private_ip) for n in addresses.nodes]
         self.register_outputs({"apiEndpoint": self.api_endpoint, "kubeconfig": self.kubeconfig})
+
+
+class InPlaceUpgrades(pulumi.ComponentResource):
+    """The system-upgrade-controller and its Plans: k3s (and, when asked, the OS) upgraded one node at a time."""
+
+    def __init__(self, name: str, settings: Settings, provider: k8s_provider.Provider,
+                 opts: Optional[pulumi.ResourceOptions] = None, deleted_with: Optional[pulumi.Resource] = None):
+        super().__init__("crdb-federation:kubernetes:InPlaceUpgrades", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
+        crd = k8s_provider.yaml.v2.ConfigGroup(f"{name}-crd", objs=[upgrades.render_plan_crd()], opts=k8s_opts)
+        controller = k8s_provider.yaml.v2.ConfigGroup(f"{name}-controller", objs=upgrades.render_controller(),
+                                                      opts=k8s_opts)
+        plans = upgrades.render_k3s_plans(settings.kubernetes.k3s_version)
+        if settings.kubernetes.os_upgrade_version:
+            plans.append(upgrades.render_os_plan(settings.kubernetes.os_upgrade_version))
+        k8s_provider.yaml.v2.ConfigGroup(f"{name}-plans", objs=plans, opts=pulumi.ResourceOptions.merge(
+            k8s_opts, pulumi.ResourceOptions(depends_on=[crd, controller])))
+        self.register_outputs({})
 
 
 class ExistingCluster(pulumi.ComponentResource):

@@ -1,21 +1,21 @@
-"""One cloud of the federation: network, security groups, Kubernetes and CockroachDB nodes."""
+"""One cloud of the federation: network, security groups, Kubernetes, CockroachDB nodes, and the
+decommissioning that must come before any of its nodes goes."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from .addresses import NodeAddresses
-from .cockroach import CockroachNodes, federation_for
-from .kubernetes import ExistingCluster, K3sCluster
+from .cockroach import CockroachNodes
+from .cockroach_manifests import NODE_LABEL
+from .decommission import Decommission, OwnNodes
+from .kubernetes import ExistingCluster, InPlaceUpgrades, K3sCluster
 from .network import Network
 from .security import SecurityGroups
 from .settings import COCKROACH_PORT, Settings
-
-# A seed node joins through its peers' private addresses: at most this many of them.
-SEED_JOIN_COUNT = 5
 
 
 def node_names(member: str, count: int) -> list[str]:
@@ -27,6 +27,7 @@ class CloudMember(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("crdb-federation:member:CloudMember", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        holders: list[list[pulumi.Resource]]
         if settings.kubernetes.mode == "k3s":
             network = Network(name, settings.network, opts=child)
             security = SecurityGroups(name, settings.network, ssh=settings.openstack.ssh_public_key is not None, opts=child)
@@ -39,14 +40,60 @@ class CloudMember(pulumi.ComponentResource):
                 opts=child,
             )
             cluster = K3sCluster(name, settings, addresses, opts=child)
+            provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig, opts=child)
+            # The cluster lives on these servers: when the server goes, deleting its objects first would
+            # only stop CockroachDB before its decommissioning is done.
+            cluster_holder = cluster.machines[0].server
+            InPlaceUpgrades(f"{name}-upgrades", settings, provider, opts=child, deleted_with=cluster_holder)
+            admin_kubeconfig = cluster.admin_kubeconfig
+            holders = [[m.server, m.data_volume, m.attachment] for m in cluster.machines]
         else:
             cluster = ExistingCluster(name, settings, opts=child)
+            provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig, opts=child)
+            cluster_holder = None
+            for node in settings.kubernetes.existing_nodes:
+                k8s.core.v1.NodePatch(f"{name}-{node.name}-label", metadata={
+                    "name": node.name, "labels": {NODE_LABEL: "true"}}, opts=pulumi.ResourceOptions(
+                        parent=self, provider=provider))
+            admin_kubeconfig = cluster.kubeconfig
+            holders = []
         self.cluster = cluster
-        provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig, opts=child)
-
-        own_join = pulumi.Output.all(*[n.private_ip for n in cluster.nodes[:SEED_JOIN_COUNT]]).apply(
-            lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips]
-        )
-        self.federation = federation_for(settings, own_join, child)
-        self.cockroach = CockroachNodes(name, settings, cluster.nodes, self.federation, provider, opts=child)
+        self.cockroach = CockroachNodes(name, settings, cluster.nodes, provider, opts=child,
+                                        deleted_with=cluster_holder)
+        if not holders:
+            # An existing cluster: the pods are what holds the nodes.
+            holders = [[self.cockroach.daemonset] for _ in cluster.nodes]
+        self.decommissions = self._decommissions(name, settings, admin_kubeconfig, holders)
         self.register_outputs({"apiEndpoint": cluster.api_endpoint, "joinAddresses": self.cockroach.join_addresses})
+
+    def _decommissions(self, name: str, settings: Settings, kubeconfig: pulumi.Output[str],
+                       holders: Sequence[Sequence[pulumi.Resource]]) -> list[Decommission]:
+        """One per node, deleted before what holds it and one after another (each checks what the last
+        left); one for the whole cloud, deleted before all of them when the stack goes."""
+        c, trust = self.cockroach, self.cockroach.trust
+        addresses = [n.public_ip.apply(lambda ip: f"{ip}:{COCKROACH_PORT}") for n in self.cluster.nodes]
+        publics = pulumi.Output.all(*[n.public_ip for n in self.cluster.nodes])
+        own = OwnNodes(
+            addresses=pulumi.Output.all(*addresses),
+            private_ips=pulumi.Output.all(*[n.private_ip for n in self.cluster.nodes]),
+            # This cloud's own nodes first (their SQL port is open to adminCidrs), then the join list's.
+            sql_hosts=pulumi.Output.all(publics, trust.join).apply(lambda v: list(dict.fromkeys(
+                list(v[0]) + [a.rpartition(":")[0].strip("[]") for a in v[1]]))),
+            ca_pem=trust.ca_pem,
+            cert_pem=trust.node_client_cert_pem,
+            key_pem=trust.node_key_pem,
+            kubeconfig=kubeconfig,
+            namespace=settings.cockroach.namespace,
+            image=settings.cockroach.image,
+        )
+        force = settings.cockroach.force_removal
+        per_node: list[Decommission] = []
+        for node, address, holder in reversed(list(zip(self.cluster.nodes, addresses, holders))):
+            after = per_node[-1:]
+            per_node.append(Decommission(
+                f"{node.name}-decommission", addresses=address.apply(lambda a: [a]), own=own, force=force,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*holder, *after])))
+        per_node.reverse()
+        whole = Decommission(f"{name}-decommission", addresses=own.addresses, own=own, force=force,
+                             opts=pulumi.ResourceOptions(parent=self, depends_on=per_node))
+        return [*per_node, whole]

@@ -40,6 +40,48 @@ def certificate_authority(
     return key, cert
 
 
+def certificate_request(
+    name: str,
+    *,
+    key_pem: pulumi.Input[str],
+    common_name: str,
+    opts: pulumi.ResourceOptions,
+    organization: Optional[str] = None,
+    dns_names: pulumi.Input[Sequence[str]] = (),
+    ip_addresses: pulumi.Input[Sequence[str]] = (),
+) -> tls.CertRequest:
+    return tls.CertRequest(
+        f"{name}-csr",
+        private_key_pem=key_pem,
+        subject=tls.CertRequestSubjectArgs(common_name=common_name, organization=organization),
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        opts=opts,
+    )
+
+
+def sign_request(
+    name: str,
+    *,
+    request_pem: pulumi.Input[str],
+    ca_cert_pem: pulumi.Input[str],
+    ca_key_pem: pulumi.Input[str],
+    uses: Sequence[str],
+    opts: pulumi.ResourceOptions,
+) -> tls.LocallySignedCert:
+    """A leaf certificate for a request; re-issued by the first `up` within LEAF_EARLY_RENEWAL_HOURS of expiry."""
+    return tls.LocallySignedCert(
+        f"{name}-cert",
+        cert_request_pem=request_pem,
+        ca_cert_pem=ca_cert_pem,
+        ca_private_key_pem=ca_key_pem,
+        validity_period_hours=LEAF_VALIDITY_HOURS,
+        early_renewal_hours=LEAF_EARLY_RENEWAL_HOURS,
+        allowed_uses=list(uses),
+        opts=opts,
+    )
+
+
 def signed_certificate(
     name: str,
     *,
@@ -49,27 +91,12 @@ def signed_certificate(
     uses: Sequence[str],
     opts: pulumi.ResourceOptions,
     organization: Optional[str] = None,
-    dns_names: pulumi.Input[Sequence[str]] = (),
-    ip_addresses: pulumi.Input[Sequence[str]] = (),
     rsa: bool = False,
 ) -> tuple[tls.PrivateKey, tls.LocallySignedCert]:
+    """A key and its certificate, both made where the CA key is."""
     key = private_key(f"{name}-key", opts, rsa=rsa)
-    request = tls.CertRequest(
-        f"{name}-csr",
-        private_key_pem=key.private_key_pem,
-        subject=tls.CertRequestSubjectArgs(common_name=common_name, organization=organization),
-        dns_names=dns_names,
-        ip_addresses=ip_addresses,
-        opts=opts,
-    )
-    cert = tls.LocallySignedCert(
-        f"{name}-cert",
-        cert_request_pem=request.cert_request_pem,
-        ca_cert_pem=ca_cert_pem,
-        ca_private_key_pem=ca_key_pem,
-        validity_period_hours=LEAF_VALIDITY_HOURS,
-        early_renewal_hours=LEAF_EARLY_RENEWAL_HOURS,
-        allowed_uses=list(uses),
-        opts=opts,
-    )
+    request = certificate_request(name, key_pem=key.private_key_pem, common_name=common_name,
+                                  organization=organization, opts=opts)
+    cert = sign_request(name, request_pem=request.cert_request_pem, ca_cert_pem=ca_cert_pem, ca_key_pem=ca_key_pem,
+                        uses=uses, opts=opts)
     return key, cert

@@ -1,7 +1,9 @@
 """Security groups: open only what a member needs, to whom it needs it.
 
-Never open to the world: flannel VXLAN (8472/udp), the kubelet (10250) and etcd (2379-2380); they
-travel only inside the self-referencing node group.
+Node-to-node traffic of one cloud (k3s, flannel, the kubelet) travels only inside the self-referencing
+node group. Other clouds reach CockroachDB's RPC port (and ICMP, for path-MTU discovery) from
+`federationCidrs`; SQL clients its SQL port from `sqlCidrs` and the admins' ranges; admins alone reach the
+Kubernetes API, the admin UI and SSH. Settings refuse a world-open range for any of them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
-from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT, KUBE_API_PORT, NetworkSettings
+from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT, COCKROACH_SQL_PORT, KUBE_API_PORT, NetworkSettings
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,19 @@ def ingress_rules(settings: NetworkSettings, *, ssh: bool) -> list[IngressRule]:
     ]
     for cidr in settings.admin_cidrs:
         rules.append(IngressRule("api", KUBE_API_PORT, "tcp", cidr, "Kubernetes API from admins"))
-        rules.append(IngressRule("cockroach", COCKROACH_HTTP_PORT, "tcp", cidr, "CockroachDB admin UI from admins"))
+        rules.append(IngressRule("admin-ui", COCKROACH_HTTP_PORT, "tcp", cidr, "CockroachDB admin UI from admins"))
         if ssh:
             rules.append(IngressRule("ssh", 22, "tcp", cidr, "SSH from admins"))
     for cidr in settings.federation_cidrs:
-        rules.append(IngressRule("cockroach", COCKROACH_PORT, "tcp", cidr, "CockroachDB RPC and SQL from the federation"))
+        rules.append(IngressRule("federation", COCKROACH_PORT, "tcp", cidr, "CockroachDB node RPC from the federation"))
+        rules.append(IngressRule("federation", None, _icmp(cidr), cidr, "ICMP from the federation (path MTU)"))
+    for cidr in dict.fromkeys((*settings.sql_cidrs, *settings.admin_cidrs)):
+        rules.append(IngressRule("sql", COCKROACH_SQL_PORT, "tcp", cidr, "CockroachDB SQL from clients and admins"))
     return rules
+
+
+def _icmp(cidr: str) -> str:
+    return "ipv6-icmp" if ipaddress.ip_network(cidr).version == 6 else "icmp"
 
 
 def _ethertype(cidr: str) -> str:
@@ -73,8 +82,8 @@ class SecurityGroups(pulumi.ComponentResource):
                     )
                 continue
             openstack.networking.SecGroupRule(
-                # Named by port and CIDR, so reordering the config list does not churn rules.
-                f"{name}-{rule.group}-{rule.port}-{rule.cidr.replace('/', '_').replace(':', '.')}",
+                # Named by port (or protocol) and CIDR, so reordering the config list does not churn rules.
+                f"{name}-{rule.group}-{rule.port or rule.protocol}-{rule.cidr.replace('/', '_').replace(':', '.')}",
                 direction="ingress",
                 ethertype=_ethertype(rule.cidr),
                 protocol=rule.protocol,

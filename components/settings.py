@@ -23,11 +23,23 @@ KUBERNETES_SCHEMA_VERSION = "1.35.0"
 DEFAULT_COCKROACH_IMAGE = "cockroachdb/cockroach:v26.2.0"
 DEFAULT_K3S_INSTALL_SCRIPT_URL = "https://get.k3s.io"
 DEFAULT_K3S_RELEASES_URL = "https://github.com/k3s-io/k3s/releases"
+# Node-to-node RPC only (--listen-addr); SQL clients use COCKROACH_SQL_PORT (--sql-addr).
 COCKROACH_PORT = 26257
+COCKROACH_SQL_PORT = 26258
 COCKROACH_HTTP_PORT = 8080
 KUBE_API_PORT = 6443
+# Pod and service ranges of k3s; a node network overlapping them breaks routing inside the cluster.
+K3S_CLUSTER_CIDRS = ("10.42.0.0/16", "10.43.0.0/16")
+# RFC 5737 and RFC 3849: never routed, so never a range a real peer or admin comes from.
+DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+# Addresses nobody reaches from another cloud (RFC 1918, shared address space, link-local, loopback, ULA).
+NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+                     "127.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128")
+# CockroachDB refuses a store under 640 MiB and keeps an emergency ballast of up to 1 GiB on it.
+MIN_DATA_VOLUME_GB = 2
 
-SECRET_KEYS = ("kubeconfig", "caCertificate", "caPrivateKey")
+# Never declared in Pulumi.yaml (see there); set with `pulumi config set --secret`.
+SECRET_KEYS = ("kubeconfig", "caPrivateKey", "enterpriseLicense")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _K3S_VERSION = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
@@ -36,6 +48,9 @@ _LOCALITY_VALUE = re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]*$")
 _CPU = re.compile(r"^\d+(\.\d+)?m?$")
 _CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9]([-.a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _IMAGE_WITH_TAG = re.compile(r"^[^\s:]+(:[0-9]+)?/?[^\s:]*:(?!latest$)[\w][\w.-]{0,127}$")
+_STACK_NAME = re.compile(r"^[-\w.]+/[-\w.]+/[-\w.]+$")
+_HOST = re.compile(r"^[a-zA-Z0-9]([-.a-zA-Z0-9]*[a-zA-Z0-9])?$")
+_PEM_CERTIFICATE = re.compile(r"^\s*-----BEGIN CERTIFICATE-----[\s\S]+-----END CERTIFICATE-----\s*$")
 
 
 class SettingsError(pulumi.RunError):
@@ -66,6 +81,8 @@ class OpenStackSettings:
     agent_flavor: str
     node_count: int
     boot_volume_size: int
+    data_volume_size: int
+    data_volume_type: Optional[str]
     ssh_public_key: Optional[str]
 
 
@@ -80,6 +97,7 @@ class NetworkSettings:
     public_addressing: str  # floating | fixed
     admin_cidrs: tuple[str, ...]
     federation_cidrs: tuple[str, ...]
+    sql_cidrs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,11 @@ class KubernetesSettings:
     http_proxy: Optional[str]
     no_proxy: tuple[str, ...]
     api_ready_timeout: int
+    ntp_servers: tuple[str, ...]
+    # A label of the OS upgrade to run on every node, one at a time (None: none); change it to run another.
+    os_upgrade_version: Optional[str]
+    # Node traffic over a provider network crosses networks the cloud does not isolate: encrypt it.
+    flannel_backend: str  # vxlan | wireguard-native
     kubeconfig: Optional[pulumi.Output] = field(default=None, compare=False)
     existing_nodes: tuple[ExistingNode, ...] = ()
 
@@ -103,16 +126,23 @@ class CockroachSettings:
     image: str
     namespace: str
     replicas: int
-    storage_size: str
-    storage_class: str
     memory: str
     cpu: str
     seed_stack: Optional[str]
     join_addresses: tuple[str, ...]
-    insecure: bool
+    # 0: follows the clouds present (3 below five clouds, 5 from five on); else pinned.
     replication_factor: int
-    ca_certificate: Optional[pulumi.Output] = field(default=None, compare=False)
+    # Seed only: the member stacks whose certificate requests it signs.
+    members: tuple[str, ...]
+    cluster_organization: Optional[str]
+    # A member without seedStack: the federation's CA certificates and its signed node certificates.
+    ca_certificate: Optional[str]
+    client_ca_certificate: Optional[str]
+    node_certificate: Optional[str]
+    node_client_certificate: Optional[str]
+    force_removal: bool
     ca_private_key: Optional[pulumi.Output] = field(default=None, compare=False)
+    enterprise_license: Optional[pulumi.Output] = field(default=None, compare=False)
 
     @property
     def is_seed(self) -> bool:
@@ -126,6 +156,8 @@ class Settings:
     network: NetworkSettings
     kubernetes: KubernetesSettings
     cockroach: CockroachSettings
+    # Not errors, but worth saying in every preview and up (e.g. a seed without a licence in a preview).
+    warnings: tuple[str, ...] = ()
 
 
 class _Reader:
@@ -198,11 +230,15 @@ class _Reader:
         if value is not None and not pattern.match(value):
             self.problem(key, value, expected)
 
-    def cidrs(self, key: str, *, required: bool) -> tuple[str, ...]:
+    def reachable_cidrs(self, key: str, *, required: bool) -> tuple[str, ...]:
+        """CIDRs that real peers or admins come from: no documentation range."""
         values = self.string_list(key, required=required)
         for value in values:
             if not is_cidr(value):
-                self.problem(key, value, "a list of CIDRs such as 203.0.113.0/24 or 2001:db8::/32")
+                self.problem(key, value, "a list of CIDRs such as 192.168.10.0/24 or 2a02:1234::/48")
+            elif in_documentation_range(value):
+                self.problem(key, value, "a reachable range, not a documentation range (RFC 5737/3849): "
+                                         "put in the real addresses (README: Who may reach what)")
         return values
 
     def ips(self, key: str, default: Sequence[str]) -> tuple[str, ...]:
@@ -211,6 +247,12 @@ class _Reader:
             if not is_ip(value):
                 self.problem(key, value, "a list of IP addresses")
         return values
+
+    def certificate(self, key: str) -> Optional[str]:
+        value = self.string(key)
+        if value is not None and not _PEM_CERTIFICATE.match(value):
+            self.problem(key, value[:40] + ("..." if len(value) > 40 else ""), "a PEM certificate")
+        return value
 
 
 def is_cidr(value: str) -> bool:
@@ -234,18 +276,38 @@ def is_world(cidr: str) -> bool:
     return is_cidr(cidr) and ipaddress.ip_network(cidr).prefixlen == 0
 
 
+def in_documentation_range(cidr_or_ip: str) -> bool:
+    network = ipaddress.ip_network(cidr_or_ip, strict=False)
+    return any(network.version == doc.version and network.subnet_of(doc)
+               for doc in map(ipaddress.ip_network, DOCUMENTATION_RANGES))
+
+
+def is_non_public(cidr_or_ip: str) -> bool:
+    """Inside a range no other cloud can reach (private ranges are reused by every cloud)."""
+    network = ipaddress.ip_network(cidr_or_ip, strict=False)
+    return any(network.version == other.version and network.subnet_of(other)
+               for other in map(ipaddress.ip_network, NON_PUBLIC_RANGES))
+
+
+def overlaps(cidr: str, others: Sequence[str]) -> list[str]:
+    network = ipaddress.ip_network(cidr)
+    return [o for o in others if network.overlaps(ipaddress.ip_network(o))]
+
+
 def _is_host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         return False
     host = host.strip("[]")
-    return is_ip(host) or re.match(r"^[a-zA-Z0-9]([-.a-zA-Z0-9]*[a-zA-Z0-9])?$", host) is not None
+    return is_ip(host) or _HOST.match(host) is not None
 
 
 def parse_settings(
     values: Mapping[str, str],
     stack: str,
     secrets: Optional[Mapping[str, pulumi.Output]] = None,
+    *,
+    preview: bool = False,
 ) -> Settings:
     """Validates the whole stack configuration and returns the settings, or raises SettingsError."""
     secrets = dict(secrets or {})
@@ -253,6 +315,7 @@ def parse_settings(
 
     node_count = r.integer("nodeCount", 3, 1, 500)
     server_flavor = r.string("serverFlavor", required=True)
+    volume_type = r.string("dataVolumeType")
     openstack = OpenStackSettings(
         cloud=r.string("cloud", required=True),
         region=r.string("region", required=True),
@@ -262,6 +325,8 @@ def parse_settings(
         agent_flavor=r.string("agentFlavor", server_flavor),
         node_count=node_count,
         boot_volume_size=r.integer("bootVolumeSize", 40, 10, 16384),
+        data_volume_size=r.integer("dataVolumeSize", 100, MIN_DATA_VOLUME_GB, 65536),
+        data_volume_type=volume_type,
         ssh_public_key=r.string("sshPublicKey"),
     )
     for name, value in (("region", openstack.region), ("availabilityZone", openstack.availability_zone)):
@@ -272,12 +337,13 @@ def parse_settings(
         r.problem("sshPublicKey", key, "an OpenSSH public key (ssh-ed25519 AAAA..., never a private key)")
 
     network = _parse_network(r)
-    kubernetes = _parse_kubernetes(r, secrets)
-    cockroach = _parse_cockroach(r, secrets, stack, node_count, kubernetes, network)
+    kubernetes = _parse_kubernetes(r, secrets, network)
+    cockroach, warnings = _parse_cockroach(r, secrets, stack, node_count, kubernetes, preview)
 
     if r.problems:
         raise SettingsError(r.problems)
-    return Settings(stack=stack, openstack=openstack, network=network, kubernetes=kubernetes, cockroach=cockroach)
+    return Settings(stack=stack, openstack=openstack, network=network, kubernetes=kubernetes, cockroach=cockroach,
+                    warnings=tuple(warnings))
 
 
 def _parse_network(r: _Reader) -> NetworkSettings:
@@ -286,6 +352,8 @@ def _parse_network(r: _Reader) -> NetworkSettings:
     cidr = r.string("networkCidr", "10.20.0.0/24")
     if not is_cidr(cidr) or ":" in cidr:
         r.problem("networkCidr", cidr, "an IPv4 CIDR such as 10.20.0.0/24")
+    elif overlaps(cidr, K3S_CLUSTER_CIDRS):
+        r.problem("networkCidr", cidr, f"a range apart from k3s's pod and service ranges {', '.join(K3S_CLUSTER_CIDRS)}")
     external = r.string("externalNetwork")
     existing = r.string("existingNetwork")
     if mode == "managed" and not external:
@@ -296,7 +364,7 @@ def _parse_network(r: _Reader) -> NetworkSettings:
         r.problem("existingNetwork", existing, "the name or id of the network to attach to (networkMode is existing)")
     if mode == "managed" and addressing == "fixed":
         r.problem("publicAddressing", addressing, "floating when networkMode is managed (tenant addresses are private)")
-    return NetworkSettings(
+    settings = NetworkSettings(
         mode=mode,
         cidr=cidr,
         dns_servers=r.ips("dnsServers", ("1.1.1.1", "9.9.9.9")),
@@ -304,9 +372,16 @@ def _parse_network(r: _Reader) -> NetworkSettings:
         external_network=external,
         existing_network=existing,
         public_addressing=addressing,
-        admin_cidrs=r.cidrs("adminCidrs", required=True),
-        federation_cidrs=r.cidrs("federationCidrs", required=True),
+        admin_cidrs=r.reachable_cidrs("adminCidrs", required=True),
+        federation_cidrs=r.reachable_cidrs("federationCidrs", required=True),
+        sql_cidrs=r.reachable_cidrs("sqlCidrs", required=False),
     )
+    for key, cidrs in (("adminCidrs", settings.admin_cidrs), ("federationCidrs", settings.federation_cidrs),
+                       ("sqlCidrs", settings.sql_cidrs)):
+        for world in filter(is_world, cidrs):
+            r.problem(key, world, "ranges narrower than the whole internet: every operator lists who may connect "
+                                  "(README: Who may reach what)")
+    return settings
 
 
 def _mtu(r: _Reader) -> Optional[int]:
@@ -317,7 +392,7 @@ def _mtu(r: _Reader) -> Optional[int]:
     return mtu or None
 
 
-def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output]) -> KubernetesSettings:
+def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network: NetworkSettings) -> KubernetesSettings:
     mode = r.choice("kubernetesMode", "k3s", ("k3s", "existing"))
     version = r.string("k3sVersion", DEFAULT_K3S_VERSION)
     r.matching("k3sVersion", version, _K3S_VERSION, "a pinned k3s release such as v1.35.5+k3s1")
@@ -334,6 +409,13 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output]) -> Kuber
     for value in no_proxy:
         if not re.match(r"^[-.a-zA-Z0-9/:*]+$", value):
             r.problem("noProxy", value, "host names, domains, IPs or CIDRs")
+    os_upgrade = r.string("osUpgradeVersion")
+    r.matching("osUpgradeVersion", os_upgrade, re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]{0,62}$"),
+               "a label of up to 63 letters, digits, '-', '_' and '.', e.g. 2026-12")
+    ntp_servers = r.string_list("ntpServers")
+    for value in ntp_servers:
+        if not (is_ip(value) or _HOST.match(value)):
+            r.problem("ntpServers", value, "host names or IP addresses of NTP servers")
 
     nodes: list[ExistingNode] = []
     kubeconfig = secrets.get("kubeconfig")
@@ -356,6 +438,9 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output]) -> Kuber
         http_proxy=proxy,
         no_proxy=no_proxy,
         api_ready_timeout=r.integer("apiReadyTimeout", 900, 30, 7200),
+        ntp_servers=ntp_servers,
+        os_upgrade_version=os_upgrade,
+        flannel_backend="wireguard-native" if network.mode == "existing" else "vxlan",
         kubeconfig=kubeconfig,
         existing_nodes=tuple(nodes),
     )
@@ -367,9 +452,11 @@ def _parse_cockroach(
     stack: str,
     node_count: int,
     kubernetes: KubernetesSettings,
-    network: NetworkSettings,
-) -> CockroachSettings:
+    preview: bool,
+) -> tuple[CockroachSettings, list[str]]:
+    warnings: list[str] = []
     role = r.choice("role", "member", ("seed", "member"))
+    is_seed = role == "seed"
     member = r.string("memberName", stack)
     if not _DNS_LABEL.match(member) or len(member) > 40:
         r.problem("memberName", member, "a lower-case DNS label of at most 40 characters (defaults to the stack name)")
@@ -380,13 +467,11 @@ def _parse_cockroach(
 
     # One CockroachDB pod per Kubernetes node.
     replicas = len(kubernetes.existing_nodes) if kubernetes.mode == "existing" else node_count
-    if role == "seed" and replicas < 3:
+    if is_seed and replicas < 3:
         key = "existingNodes" if kubernetes.mode == "existing" else "nodeCount"
         r.problem(key, r.values.get(key, replicas),
                   "at least 3 nodes on the seed, which must survive the loss of one node")
 
-    storage_size = r.string("storageSize", "100Gi")
-    r.matching("storageSize", storage_size, _QUANTITY, "a Kubernetes quantity such as 100Gi")
     memory = r.string("cockroachMemory", "4Gi")
     r.matching("cockroachMemory", memory, _QUANTITY, "a Kubernetes quantity such as 4Gi")
     cpu = r.string("cockroachCpu", "2")
@@ -395,36 +480,65 @@ def _parse_cockroach(
     r.matching("namespace", namespace, _DNS_LABEL, "a lower-case DNS label")
 
     seed_stack = r.string("seedStack")
+    if seed_stack:
+        r.matching("seedStack", seed_stack, _STACK_NAME, "a full stack name, organization/project/stack")
     joins = r.string_list("joinAddresses")
     for address in joins:
+        host = address.rpartition(":")[0].strip("[]")
         if not _is_host_port(address):
-            r.problem("joinAddresses", address, "host:port entries such as 203.0.113.10:26257")
-    ca_cert, ca_key = secrets.get("caCertificate"), secrets.get("caPrivateKey")
-    if (ca_cert is None) != (ca_key is None):
-        r.problem("caCertificate" if ca_cert is None else "caPrivateKey", None,
-                  "both caCertificate and caPrivateKey (secrets), or neither")
-    if role == "seed":
+            r.problem("joinAddresses", address, "host:port entries such as 192.168.10.5:26257")
+        elif is_ip(host) and in_documentation_range(host):
+            r.problem("joinAddresses", address, "a reachable address, not one of a documentation range")
+    members = r.string_list("members")
+    for name in members:
+        r.matching("members", name, _STACK_NAME, "full stack names, organization/project/stack")
+    certificates = {key: r.certificate(key) for key in
+                    ("caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate")}
+    ca_key = secrets.get("caPrivateKey")
+    organization = r.string("clusterOrganization")
+    licence = secrets.get("enterpriseLicense")
+
+    if is_seed:
         if seed_stack:
             r.problem("seedStack", seed_stack, "no value on the seed: the seed is the established cluster")
+        if (certificates["caCertificate"] is None) != (ca_key is None):
+            r.problem("caCertificate" if ca_key is not None else "caPrivateKey", None,
+                      "both caCertificate and the secret caPrivateKey (a CA of your own), or neither")
+        for key in ("clientCaCertificate", "nodeCertificate", "nodeClientCertificate"):
+            if certificates[key]:
+                r.problem(key, "(set)", "no value on the seed, which makes and signs its own")
+        if not organization or licence is None:
+            # v26 throttles an unlicensed cluster to 5 open transactions after a 7-day grace period.
+            problem = (f"{PROJECT}:clusterOrganization and the secret {PROJECT}:enterpriseLicense: expected both on "
+                       "the seed (CockroachDB throttles an unlicensed cluster after 7 days; README: Licence)")
+            if preview:
+                warnings.append(problem)
+            else:
+                r.problems.append(problem)
     else:
-        if not seed_stack and not joins:
-            r.problem("seedStack", seed_stack, "the seed's stack name (org/project/stack), or set joinAddresses")
-        if not seed_stack and ca_cert is None:
-            r.problem("caCertificate", None, "the federation CA (secret) when no seedStack provides it")
-
-    insecure = r.boolean("insecure", False)
-    if insecure:
-        for cidr in network.federation_cidrs:
-            if is_world(cidr):
-                r.problem("federationCidrs", cidr, "no world-open range while insecure is true (26257 has no TLS then)")
+        if ca_key is not None:
+            r.problem("caPrivateKey", "(secret)", "no CA key on a member: the seed signs its certificate requests")
+        for key, value in (("members", members), ("clusterOrganization", organization)):
+            if value:
+                r.problem(key, value, "no value on a member: the seed sets it")
+        if licence is not None:
+            r.problem("enterpriseLicense", "(secret)", "no value on a member: the seed sets it")
+        if not seed_stack:
+            if not joins:
+                r.problem("seedStack", seed_stack, "the seed's stack name (org/project/stack), or set joinAddresses")
+            for key in ("caCertificate", "clientCaCertificate"):
+                if certificates[key] is None:
+                    r.problem(key, None, "the federation's CA certificate when no seedStack provides it")
+        if (certificates["nodeCertificate"] is None) != (certificates["nodeClientCertificate"] is None):
+            r.problem("nodeCertificate" if certificates["nodeCertificate"] is None else "nodeClientCertificate",
+                      None, "both nodeCertificate and nodeClientCertificate (signed by the seed), or neither")
     # 0 is the project default, which the engine applies to every stack: "not set".
     factor = r.integer("replicationFactor", 0, 0, 9)
-    if role != "seed" and factor:
+    if not is_seed and factor:
         r.problem("replicationFactor", r.values["replicationFactor"], "0 (unset) on a member: the seed sets it")
     elif factor and (factor < 3 or factor % 2 == 0):
         r.problem("replicationFactor", r.values["replicationFactor"],
-                  "0 (automatic) or an odd number from 3 to 9: a majority must survive")
-    factor = factor or 3
+                  "0 (follows the clouds present) or an odd number from 3 to 9: a majority must survive")
 
     return CockroachSettings(
         role=role,
@@ -433,33 +547,40 @@ def _parse_cockroach(
         image=image,
         namespace=namespace,
         replicas=replicas,
-        storage_size=storage_size,
-        storage_class=r.string("storageClass", "local-path"),
         memory=memory,
         cpu=cpu,
         seed_stack=seed_stack,
         join_addresses=joins,
-        insecure=insecure,
-        replication_factor=factor,
-        ca_certificate=ca_cert,
+        replication_factor=factor or 0,
+        members=members,
+        cluster_organization=organization,
+        ca_certificate=certificates["caCertificate"],
+        client_ca_certificate=certificates["clientCaCertificate"],
+        node_certificate=certificates["nodeCertificate"],
+        node_client_certificate=certificates["nodeClientCertificate"],
+        force_removal=r.boolean("forceRemoval", False),
         ca_private_key=ca_key,
-    )
+        enterprise_license=licence,
+    ), warnings
 
 
 CONFIG_KEYS = (
     "cloud", "region", "availabilityZone", "image", "serverFlavor", "agentFlavor", "nodeCount", "bootVolumeSize",
-    "sshPublicKey", "networkMode", "networkCidr", "dnsServers", "mtu", "externalNetwork", "existingNetwork",
-    "publicAddressing", "adminCidrs", "federationCidrs", "kubernetesMode", "k3sVersion", "k3sInstallScriptUrl",
-    "k3sReleasesUrl", "httpProxy", "noProxy", "apiReadyTimeout", "existingNodes", "role", "memberName",
-    "clusterName", "cockroachImage", "storageSize", "storageClass", "cockroachMemory",
-    "cockroachCpu", "namespace", "seedStack", "joinAddresses", "insecure", "replicationFactor",
+    "dataVolumeSize", "dataVolumeType", "sshPublicKey", "networkMode", "networkCidr", "dnsServers", "mtu",
+    "externalNetwork", "existingNetwork", "publicAddressing", "adminCidrs", "federationCidrs", "sqlCidrs",
+    "kubernetesMode", "k3sVersion", "k3sInstallScriptUrl", "k3sReleasesUrl", "httpProxy", "noProxy", "ntpServers",
+    "osUpgradeVersion",
+    "apiReadyTimeout", "existingNodes", "role", "memberName", "clusterName", "cockroachImage", "cockroachMemory",
+    "cockroachCpu", "namespace", "seedStack", "joinAddresses", "replicationFactor", "members",
+    "clusterOrganization", "caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate",
+    "forceRemoval",
 )
 
 
 def load_settings(config: Optional[pulumi.Config] = None, stack: Optional[str] = None) -> Settings:
     """Reads every known key from the stack's config and parses it (the one place that touches pulumi.Config)."""
     config = config or pulumi.Config()
-    values = {key: config.get(key) for key in CONFIG_KEYS if key not in SECRET_KEYS}
+    values = {key: config.get(key) for key in CONFIG_KEYS}
     values = {k: v for k, v in values.items() if v is not None}
     secrets: dict[str, pulumi.Output] = {}
     plaintext: list[str] = []
@@ -471,4 +592,7 @@ def load_settings(config: Optional[pulumi.Config] = None, stack: Optional[str] =
     if plaintext:
         raise SettingsError([f"{PROJECT}:{key} = (plaintext): expected a secret (pulumi config set --secret {key})"
                              for key in plaintext])
-    return parse_settings(values, stack or pulumi.get_stack(), secrets)
+    settings = parse_settings(values, stack or pulumi.get_stack(), secrets, preview=pulumi.runtime.is_dry_run())
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
+    return settings

@@ -1,4 +1,4 @@
-"""python -m federation {join,preview,preflight,destroy,status,report}: the whole federation from one terminal."""
+"""python -m federation {join,preview,preflight,remove,ranges,status,report}: the whole federation from one terminal."""
 
 from __future__ import annotations
 
@@ -40,11 +40,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check.add_argument("--my-address", help="this machine's public IP (default: asked of %s)" % preflight.MY_ADDRESS_URL)
     check.add_argument("--parallel", type=int, default=8)
     check.add_argument("--json", type=Path, help="also write the findings to this file as JSON")
-    destroy = commands.add_parser("destroy", help="destroy one member, after its nodes are decommissioned")
+    remove = commands.add_parser("remove", help="decommission a member's whole cloud, then destroy its stack")
+    remove.add_argument("stack")
+    remove.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    remove.add_argument("--yes", action="store_true", help="do it (without it: say what would happen)")
+    destroy = commands.add_parser("destroy", help="refused: use `remove`, which decommissions first")
     destroy.add_argument("stack")
-    destroy.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
-    destroy.add_argument("--confirm-decommissioned", action="store_true",
-                         help="its CockroachDB nodes have reached 'decommissioned' (README: Remove a cloud)")
+    commands.add_parser("ranges", help="every stack's node addresses, as federationCidrs entries")
     status = commands.add_parser("status", help="nodes per cloud, liveness and replication health over SQL")
     status.add_argument("--seed", default=SEED)
     status.add_argument("--host", help="a node to connect to (default: the seed's first join address)")
@@ -111,12 +113,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         return fail(f"unknown stack(s) {', '.join(unknown)}; stacks: {', '.join(known)}")
     if args.command == "destroy":
-        if args.stack == SEED:
-            return fail("the seed holds the established cluster and the federation CA; it is not destroyed from here")
-        if not args.confirm_decommissioned:
-            return fail(f"decommission the CockroachDB nodes of '{args.stack}' first (README: Remove a cloud), "
-                        "then pass --confirm-decommissioned")
-    if args.command in ("join", "preview", "destroy") or (args.command == "status" and not (args.host and args.certs_dir)):
+        return fail(f"a plain destroy can lose data; run `python -m federation remove {args.stack}`: it decommissions "
+                    "the cloud's nodes first (README: Remove a cloud)")
+    if args.command == "remove" and args.stack == SEED:
+        return fail("the seed holds the established cluster and the federation's CAs; it is not removed from here")
+    if args.command in ("join", "preview", "remove", "ranges") or (
+            args.command == "status" and not (args.host and args.certs_dir)):
         missing = require_pulumi_cli()
         if missing is not None:
             return missing
@@ -146,10 +148,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = Run(names, "preview", run_dir(args.runs_dir, "preview"))
         return orchestrate(run, lambda: run_concurrently(run, [LazyStack(n) for n in names], args.parallel),
                            not args.no_dashboard, console)
-    if args.command == "destroy":
-        run = Run([args.stack], "destroy", run_dir(args.runs_dir, "destroy"))
-        return orchestrate(run, lambda: run_concurrently(run, [LazyStack(args.stack)], 1), True, console)
+    if args.command == "remove":
+        if not args.yes:
+            console.print(f"`remove {args.stack}` destroys that stack. Its cloud-wide decommission resource goes first: "
+                          "it refuses, deleting nothing, when fewer than 3 live nodes or fewer clouds than the "
+                          "replication factor would remain; otherwise it decommissions every node of the cloud at "
+                          "once and waits for 'decommissioned'. Only then go its servers and data volumes. "
+                          "Pass --yes to do it.")
+            return 0
+        run = Run([args.stack], "destroy", run_dir(args.runs_dir, "remove"))
+        code = orchestrate(run, lambda: run_concurrently(run, [LazyStack(args.stack)], 1), True, console)
+        if code == 0:
+            console.print(f"next: remove {args.stack} from the seed's crdb-federation:members and run `pulumi up "
+                          "--stack seed`; every operator drops its addresses from federationCidrs")
+        return code
+    if args.command == "ranges":
+        return ranges_command(known, console)
     return status_command(args, console)
+
+
+def ranges_command(stacks: Sequence[str], console: Console) -> int:
+    """What each operator puts in federationCidrs: every other stack's node addresses, one /32 each."""
+    found: dict[str, list[str]] = {}
+    for name in stacks:
+        try:
+            nodes = LazyStack(name).outputs().get("nodes") or []
+        except Exception:
+            nodes = []
+        found[name] = [f"{n['publicIp']}/32" for n in nodes]
+    for name, cidrs in found.items():
+        console.print(f"# {name}: " + (" ".join(cidrs) if cidrs else "not up yet"))
+    every = [c for cidrs in found.values() for c in cidrs]
+    console.print("crdb-federation:federationCidrs:\n" + "".join(f"  - {c}\n" for c in every), end="")
+    return 0
 
 
 def _my_address(args: argparse.Namespace) -> Optional[str]:
@@ -205,6 +236,9 @@ class LazyStack:
 
     def outputs(self) -> dict:
         return self._get().outputs()
+
+    def add_members(self, stacks):
+        return self._get().add_members(stacks)
 
 
 if __name__ == "__main__":

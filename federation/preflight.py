@@ -24,17 +24,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from components.security import ingress_rules
-from components.settings import COCKROACH_PORT, Settings, SettingsError, parse_settings
+from components.settings import (
+    COCKROACH_PORT, DOCUMENTATION_RANGES as DOCUMENTATION_CIDRS, NON_PUBLIC_RANGES as NON_PUBLIC_CIDRS, Settings,
+    SettingsError, is_ip, parse_settings,
+)
 
 from . import stack_config
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
-DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(c) for c in
-                             ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
-# Addresses nobody can reach from another cloud (RFC 1918, shared address space, link-local, ULA).
-NON_PUBLIC_RANGES = tuple(ipaddress.ip_network(c) for c in
-                          ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
-                           "127.0.0.0/8", "fc00::/7", "fe80::/10"))
+DOCUMENTATION_RANGES = tuple(map(ipaddress.ip_network, DOCUMENTATION_CIDRS))
+NON_PUBLIC_RANGES = tuple(map(ipaddress.ip_network, NON_PUBLIC_CIDRS))
 FLANNEL_VXLAN_OVERHEAD = 50  # bytes flannel's VXLAN adds to each pod packet
 MIN_POD_MTU = 1280
 VXLAN_TENANT_MTU = 1450  # what most clouds' VXLAN tenant networks carry on a 1500-byte underlay
@@ -93,8 +92,8 @@ def needs(settings: Settings, server: Flavor, agent: Flavor) -> Needs:
         ram=server.ram_mb + agent.ram_mb * (nodes - 1),
         server_groups=1,
         server_group_members=nodes,
-        volumes=nodes,
-        gigabytes=nodes * settings.openstack.boot_volume_size,
+        volumes=2 * nodes,  # a boot volume and a data volume per node
+        gigabytes=nodes * (settings.openstack.boot_volume_size + settings.openstack.data_volume_size),
         ports=nodes + (2 if managed else 0),  # node ports; a managed network adds DHCP and the router's
         floatingip=nodes if settings.network.public_addressing == "floating" else 0,
         network=int(managed),
@@ -119,7 +118,7 @@ def quota_findings(stack: str, need: Needs, quotas: dict[str, tuple[int, int]]) 
             failures.append(Finding(stack, "Quotas", FAIL, "nodeCount",
                                     f"{resource}: need {wanted}, free {free} (limit {limit}, used {used})",
                                     f"ask the cloud's operator to raise the {resource} quota by {wanted - free}, "
-                                    "or lower nodeCount / bootVolumeSize / the flavors"))
+                                    "or lower nodeCount / bootVolumeSize / dataVolumeSize / the flavors"))
     return failures or [Finding(stack, "Quotas", PASS, "nodeCount", "headroom for " + ", ".join(checked))]
 
 
@@ -207,10 +206,39 @@ class _Present:
 
 
 def stack_settings(stack: str, root: Path) -> Settings:
+    """The stack's settings as a preview parses them: what only an `up` refuses is a finding here."""
     values = stack_config.resolve(stack, root)
     secrets = {key: _Present() for key, value in values.items() if isinstance(value, dict) and "secure" in value}
     plain = stack_config.as_config_strings({k: v for k, v in values.items() if k not in secrets})
-    return parse_settings(plain, stack, secrets)
+    return parse_settings(plain, stack, secrets, preview=True)
+
+
+def settings_findings(stack: str, settings: Settings) -> list[Finding]:
+    """What the settings let a preview through but an `up` refuses (the seed's licence)."""
+    return [Finding(stack, "Licence", FAIL, "enterpriseLicense", warning.split(": expected")[0],
+                    "pulumi config set --stack seed crdb-federation:clusterOrganization '<organisation>' and "
+                    "pulumi config set --secret --stack seed crdb-federation:enterpriseLicense '<licence>'")
+            for warning in settings.warnings]
+
+
+def federation_findings(stack: str, settings: Settings, peers: Sequence[str]) -> list[Finding]:
+    """federationCidrs must be ranges other clouds' nodes really come from, and hold the peers known here
+    (the seed's join addresses): they dial this stack's nodes as much as these dial them."""
+    cidrs = settings.network.federation_cidrs
+    private = [c for c in cidrs if not is_public(c)]
+    if private:
+        return [Finding(stack, "Federation range", FAIL, "federationCidrs", f"{', '.join(private)} is not public",
+                        "list the other clouds' node addresses (python -m federation ranges prints them)")]
+    hosts = [a.rpartition(":")[0].strip("[]") for a in peers]
+    outside = [h for h in hosts if is_ip(h) and not any(
+        ipaddress.ip_address(h) in ipaddress.ip_network(c) for c in cidrs
+        if ipaddress.ip_network(c).version == ipaddress.ip_address(h).version)]
+    if outside:
+        return [Finding(stack, "Federation range", FAIL, "federationCidrs", f"{', '.join(outside)} outside it",
+                        "add the seed's node addresses (python -m federation ranges prints them)")]
+    return [Finding(stack, "Federation range", PASS, "federationCidrs",
+                    f"public, and holds {len(hosts)} known peer(s)" if hosts else "public")]
+
 
 
 # ------------------------------------------------------------------------------------------- asking the cloud
@@ -370,10 +398,13 @@ def seed_findings(stack: str, settings: Settings, seed_outputs: Callable[[str], 
         except Exception as error:
             return [Finding(stack, "Seed", FAIL, "seedStack", f"cannot read '{c.seed_stack}': {_first_line(error)}",
                             "check the name and PULUMI_BACKEND_URL")]
-        if not outputs.get("joinAddresses") or not outputs.get("caCertificate"):
-            return [Finding(stack, "Seed", FAIL, "seedStack", f"'{c.seed_stack}' has no joinAddresses/caCertificate outputs",
-                            "bring the seed up first, or set joinAddresses and the CA secrets")]
-        addresses += [a for a in outputs["joinAddresses"] if a not in addresses]
+        wanted = ("joinAddresses", "caCertificate", "clientCaCertificate", "federationJoin")
+        missing = [name for name in wanted if not outputs.get(name)]
+        if missing:
+            return [Finding(stack, "Seed", FAIL, "seedStack", f"'{c.seed_stack}' has no {'/'.join(missing)} output(s)",
+                            "bring the seed up first (with this program's version), or set joinAddresses, "
+                            "caCertificate and clientCaCertificate")]
+        addresses += [a for a in outputs["federationJoin"] if a not in addresses]
     answering = [a for a, ok in zip(addresses, _probe_all(addresses, timeout)) if ok]
     if not answering:
         return [Finding(stack, "Seed", SKIP, "joinAddresses", f"none of {len(addresses)} join address(es) answers "
@@ -474,7 +505,17 @@ def check_stack(stack: str, root: Path, *, my_address: Optional[str],
 
     findings += guarded("Existing network", "existingNetwork", existing)
     findings += admin_findings(stack, settings.network.admin_cidrs, my_address)
-    findings += guarded("Seed", "seedStack", lambda: seed_findings(stack, settings, seed_outputs))
+    peers: list[str] = list(settings.cockroach.join_addresses)
+
+    def seed_check() -> list[Finding]:
+        found = seed_findings(stack, settings, seed_outputs)
+        if settings.cockroach.seed_stack and found[0].status != FAIL:
+            peers.extend(seed_outputs(settings.cockroach.seed_stack).get("joinAddresses") or [])
+        return found
+
+    findings += guarded("Seed", "seedStack", seed_check)
+    findings += federation_findings(stack, settings, peers)
+    findings += settings_findings(stack, settings)
     findings += mtu_findings(stack, settings, existing_mtu[0])
     return findings
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-PHASES = ("network", "servers", "kubernetes", "cockroachdb", "joined")
+# "signing": built, its CockroachDB nodes waiting for the seed to sign their certificates.
+PHASES = ("network", "servers", "kubernetes", "cockroachdb", "signing", "joined")
 # What each operation's last phase is called: only an `up` joins anything.
 FINAL_PHASE = {"up": "joined", "preview": "previewed", "destroy": "destroyed"}
-STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+DAEMONSET = "kubernetes:apps/v1:DaemonSet"
 STACK = "pulumi:pulumi:Stack"
 
 
@@ -85,9 +86,10 @@ class CloudProgress:
             # A step is done once it has started: a preview also reports outputs of unchanged resources.
             if metadata.urn in self.started_urns:
                 self.done_urns.add(metadata.urn)
-            # The StatefulSet's create returns once its pods are ready: the nodes are live in the cluster.
-            if metadata.type == STATEFULSET and self.operation == "up":
-                self._reach("joined", now)
+            # The DaemonSet's step returns once its pods are ready: the nodes are live in the cluster. Unless
+            # it was not awaited: then the nodes wait for the seed's signature.
+            if metadata.type == DAEMONSET and self.operation == "up":
+                self._reach("signing" if _not_awaited(metadata) else "joined", now)
         elif event.diagnostic_event is not None and event.diagnostic_event.severity == "error":
             diagnostic = event.diagnostic_event
             self.diagnostics.append((diagnostic.urn or "", _last_lines(diagnostic.message)))
@@ -104,7 +106,8 @@ class CloudProgress:
         self.finished_at = now
         if error is None:
             self.status = "succeeded"
-            self._reach(FINAL_PHASE[self.operation], now)
+            if self.phase != "signing":
+                self._reach(FINAL_PHASE[self.operation], now)
         else:
             self.status = "failed"
             # The Automation API's exception ends with the run's summary; the engine said what went wrong.
@@ -133,6 +136,12 @@ class CloudProgress:
 def summary_order(cloud: dict[str, Any]) -> tuple:
     """Clouds that joined, fastest first, then the others: the order of the terminal summary and the report."""
     return (cloud["status"] != "succeeded", cloud.get("elapsed") is None, cloud.get("elapsed") or 0.0, cloud["stack"])
+
+
+def _not_awaited(metadata: Any) -> bool:
+    inputs = getattr(getattr(metadata, "new", None), "inputs", None) or {}
+    annotations = (inputs.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get("pulumi.com/skipAwait", "")).lower() == "true"
 
 
 def _last_lines(text: str, count: int = 5) -> str:

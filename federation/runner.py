@@ -3,6 +3,7 @@ each stack's full log in its own file."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -31,6 +32,8 @@ class Stack(Protocol):
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None: ...
 
     def outputs(self) -> dict[str, Any]: ...
+
+    def add_members(self, stacks: Sequence[str]) -> list[str]: ...
 
 
 class PulumiStack:
@@ -76,7 +79,20 @@ class PulumiStack:
     def outputs(self) -> dict[str, Any]:
         return {key: value.value for key, value in self._stack.outputs().items()}
 
+    def add_members(self, stacks: Sequence[str]) -> list[str]:
+        """Admits member stacks on the seed: appends those not yet in crdb-federation:members (through the
+        CLI, which honours stackConfigDir); returns the ones added."""
+        from pulumi import automation as auto
 
+        listed = self._stack.get_all_config().get(MEMBERS_KEY)
+        current = json.loads(listed.value) if listed is not None and listed.value else []
+        added = [stack for stack in stacks if stack not in current]
+        for index, stack in enumerate(added, start=len(current)):
+            self._stack.set_config(f"{MEMBERS_KEY}[{index}]", auto.ConfigValue(stack), path=True)
+        return added
+
+
+MEMBERS_KEY = "crdb-federation:members"
 SERVER_TYPE = "openstack:compute/instance:Instance"
 # terraform-provider-openstack's delete wait: Pending ACTIVE/SHUTOFF, Target DELETED/SOFT_DELETED.
 SERVER_IN_ERROR_NOT_DELETED = "unexpected state 'ERROR', wanted target 'DELETED, SOFT_DELETED'"
@@ -179,8 +195,13 @@ def seed_is_up(seed: Stack) -> bool:
 
 
 def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, needs_seed: bool = True) -> None:
-    """Makes sure the seed is up (bringing it up first when it is not), then brings every member up at once.
-    Members configured with explicit join addresses and CA (no seedStack) do not wait for the seed."""
+    """Joins members in the order trust needs, all at once at each step:
+    1. the seed, if it is not up;
+    2. every member: it builds its cloud and publishes its certificate requests (a member the seed signed
+       before joins right away);
+    3. the seed admits the members still waiting (crdb-federation:members) and signs their requests;
+    4. those members again: they install their certificates and join.
+    Members configured with explicit join addresses and CA (no seedStack) neither wait for nor use the seed."""
     if needs_seed and not seed_is_up(seed):
         run.add(seed.name)
         run.execute(seed)
@@ -189,3 +210,25 @@ def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, n
                 run.skip(member.name, f"not started: the seed stack '{seed.name}' is not up")
             return
     run_concurrently(run, members, parallelism)
+    if not needs_seed:
+        return
+    waiting = [m for m in members if run.progress[m.name].status == "succeeded" and not _signed(m)]
+    if not waiting:
+        return
+    seed.add_members([m.outputs()["stack"] for m in waiting])
+    if seed.name not in run.progress:
+        run.add(seed.name)
+    run.execute(seed)
+    if run.progress[seed.name].status != "succeeded":
+        for member in waiting:
+            run.skip(member.name, f"built, but the seed '{seed.name}' did not sign its certificates "
+                                  f"(see {run.log_dir / (seed.name + '.log')})")
+        return
+    run_concurrently(run, waiting, parallelism)
+
+
+def _signed(stack: Stack) -> bool:
+    try:
+        return bool(stack.outputs().get("certificatesSigned"))
+    except Exception:
+        return False

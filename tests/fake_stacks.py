@@ -15,7 +15,7 @@ MEMBER_TYPES = [
     "pulumi:providers:kubernetes",
     "kubernetes:core/v1:Namespace",
     "tls:index/locallySignedCert:LocallySignedCert",
-    "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:apps/v1:DaemonSet",
 ]
 
 
@@ -40,7 +40,9 @@ class FakeStack:
 
     def __init__(self, name, duration=0.0, fail_after=None, outputs=None, types=MEMBER_TYPES):
         self.name, self.duration, self.fail_after, self.types = name, duration, fail_after, types
-        self._outputs = outputs or {}
+        # By default a member the seed has signed before: it joins in one `up`.
+        self._outputs = outputs if outputs is not None else {"stack": f"organization/crdb-federation/{name}",
+                                                               "certificatesSigned": True}
         self.calls = []
 
     def run(self, operation, on_event, on_output):
@@ -68,3 +70,7 @@ class FakeStack:
 
     def outputs(self):
         return self._outputs
+
+    def add_members(self, stacks):
+        self.admitted = getattr(self, "admitted", []) + list(stacks)
+        return list(stacks)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import itertools
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class Registered:
     parent: str = ""
     custom: bool = True
     dependencies: set[str] = field(default_factory=set)
+    # Resource options the engine applies (mocks do not apply them; tests check they are asked for).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class RecordingMonitor(MockMonitor):
@@ -55,6 +58,15 @@ class RecordingMonitor(MockMonitor):
                 dependencies.add(request.provider.rsplit("::", 1)[0])
             record.urn, record.parent, record.custom = response.urn, request.parent, bool(request.custom)
             record.dependencies = dependencies
+            timeouts = request.customTimeouts
+            record.options = {
+                "ignore_changes": list(request.ignoreChanges),
+                "delete_before_replace": request.deleteBeforeReplace,
+                "deleted_with": request.deletedWith,
+                "retain_on_delete": request.retainOnDelete,
+                "custom_timeouts": {k: getattr(timeouts, k) for k in ("create", "update", "delete")
+                                    if getattr(timeouts, k)},
+            }
         return response
 
 
@@ -173,7 +185,7 @@ class FakeCloud(pulumi.runtime.Mocks):
     resources: list[Registered] = field(default_factory=list)
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    public_prefix: str = "203.0.113"
+    public_prefix: str = "198.18.0"
     # False: placeholder PEM text instead of real keys, for benchmarks that time the program, not RSA.
     real_crypto: bool = True
 
@@ -192,8 +204,13 @@ class FakeCloud(pulumi.runtime.Mocks):
             outputs["allFixedIps"] = [f"10.20.0.{next(self._private)}"]
         elif t == "openstack:networking/floatingIp:FloatingIp":
             outputs["address"] = f"{self.public_prefix}.{next(self._public)}"
+        elif t == "pulumi:index:Stash":
+            # The engine keeps the first value; a fresh mock run is always that first deploy.
+            outputs["output"] = inputs.get("input")
         elif t == "random:index/randomPassword:RandomPassword":
-            outputs["result"] = "p" * int(inputs.get("length", 16))
+            # Distinct per resource, as the real ones are: a test can tell which secret went where.
+            digest = hashlib.sha256(args.name.encode()).hexdigest() * 4
+            outputs["result"] = digest[:int(inputs.get("length", 16))]
         elif t == "pulumi:pulumi:StackReference":
             name = inputs["name"]
             if name not in self.stack_outputs:
@@ -213,9 +230,10 @@ class FakeCloud(pulumi.runtime.Mocks):
             return {"id": f"net-{key}", "name": key}
         return {}
 
-    def install(self, *, project: str, stack: str) -> None:
+    def install(self, *, project: str, stack: str, preview: bool = False) -> None:
         """Installs these mocks (with preview=False, so every apply runs) before any program code runs."""
-        pulumi.runtime.set_mocks(self, project=project, stack=stack, preview=False, monitor=RecordingMonitor(self))
+        pulumi.runtime.set_mocks(self, project=project, stack=stack, preview=preview, monitor=RecordingMonitor(self),
+                                 organization="organization")
 
     def by_urn(self) -> dict[str, Registered]:
         return {r.urn: r for r in self.resources}

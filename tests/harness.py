@@ -67,13 +67,15 @@ def run_program(
     secrets: Optional[dict[str, str]] = None,
     stack_outputs: Optional[dict[str, dict[str, Any]]] = None,
     cloud: Optional[FakeCloud] = None,
+    preview: bool = False,
 ) -> ProgramRun:
+    """`preview` True runs as `pulumi preview` does (only where a test is about preview behaviour)."""
     # Each stack gets its own public range, as each cloud has its own floating IPs.
-    prefix = f"198.18.{zlib.crc32(stack.encode()) % 250}" if stack != "test" else "203.0.113"
+    prefix = f"198.18.{zlib.crc32(stack.encode()) % 250}" if stack != "test" else "198.18.0"
     cloud = cloud or FakeCloud()
     cloud.stack_outputs.update(stack_outputs or {})
     cloud.public_prefix = prefix
-    cloud.install(project=PROJECT, stack=stack)
+    cloud.install(project=PROJECT, stack=stack, preview=preview)
     # As the engine does: every declared default reaches the program unless the stack sets the key.
     all_config = {f"{PROJECT}:{k}": _config_string(v) for k, v in {**project_defaults(), **config}.items()}
     all_config.update({f"{PROJECT}:{k}": v for k, v in (secrets or {}).items()})

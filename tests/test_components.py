@@ -68,17 +68,24 @@ def _rules(cloud):
 
 def test_security_groups_open_only_what_is_needed(cloud):
     from components.security import SecurityGroups
-    s = settings(adminCidrs='["198.51.100.0/24", "2001:db8::/48"]', federationCidrs='["0.0.0.0/0"]')
+    s = settings(adminCidrs='["198.20.0.0/24", "2a01:4f8::/48"]', federationCidrs='["198.18.0.0/15"]',
+                 sqlCidrs='["100.70.0.0/16"]')
     evaluate(lambda: SecurityGroups("m", s.network, ssh=False).group_ids)
     rules = _rules(cloud)
-    world = [inputs for _, inputs in rules if inputs.get("remoteIpPrefix") in ("0.0.0.0/0", "::/0")]
-    assert [(w["portRangeMin"], w["protocol"]) for w in world] == [(26257, "tcp")]
-    for group, inputs in rules:
-        port = inputs.get("portRangeMin")
-        assert port not in (8472, 10250, 2379, 2380, 22)
-        if port in (6443, 8080):
-            assert inputs["remoteIpPrefix"] in ("198.51.100.0/24", "2001:db8::/48")
-        if inputs.get("remoteIpPrefix") == "2001:db8::/48":
+    assert not [i for _, i in rules if i.get("remoteIpPrefix") in ("0.0.0.0/0", "::/0")]
+    opened = {(g, i.get("protocol"), i.get("portRangeMin"), i.get("remoteIpPrefix")) for g, i in rules
+              if "remoteIpPrefix" in i}
+    assert opened == {
+        ("m-api", "tcp", 6443, "198.20.0.0/24"), ("m-api", "tcp", 6443, "2a01:4f8::/48"),
+        ("m-admin-ui", "tcp", 8080, "198.20.0.0/24"), ("m-admin-ui", "tcp", 8080, "2a01:4f8::/48"),
+        # Node RPC only from the other clouds' nodes, with ICMP for path-MTU discovery.
+        ("m-federation", "tcp", 26257, "198.18.0.0/15"), ("m-federation", "icmp", None, "198.18.0.0/15"),
+        # SQL apart, from SQL clients and admins.
+        ("m-sql", "tcp", 26258, "100.70.0.0/16"), ("m-sql", "tcp", 26258, "198.20.0.0/24"),
+        ("m-sql", "tcp", 26258, "2a01:4f8::/48"),
+    }
+    for _, inputs in rules:
+        if inputs.get("remoteIpPrefix") == "2a01:4f8::/48":
             assert inputs["ethertype"] == "IPv6"
     self_rules = [(g, i) for g, i in rules if "remoteGroupId" in i]
     assert {i["ethertype"] for _, i in self_rules} == {"IPv4", "IPv6"}
@@ -86,11 +93,18 @@ def test_security_groups_open_only_what_is_needed(cloud):
     assert all(r["direction"] == "ingress" for _, r in rules)
 
 
+def test_icmp_rules_follow_the_address_family():
+    from components.security import ingress_rules
+    rules = ingress_rules(settings(federationCidrs='["198.18.0.0/15", "2a01:4f8::/32"]').network, ssh=False)
+    icmp = {(r.protocol, r.cidr) for r in rules if r.port is None and r.cidr}
+    assert icmp == {("icmp", "198.18.0.0/15"), ("ipv6-icmp", "2a01:4f8::/32")}
+
+
 def test_ssh_only_with_a_key_and_only_from_admins(cloud):
     from components.security import SecurityGroups
     evaluate(lambda: SecurityGroups("m", settings().network, ssh=True).group_ids)
     ssh = [i for _, i in _rules(cloud) if i.get("portRangeMin") == 22]
-    assert [i["remoteIpPrefix"] for i in ssh] == ["198.51.100.0/24"]
+    assert [i["remoteIpPrefix"] for i in ssh] == ["198.20.0.0/24"]
 
 
 def _addresses(cloud, s, names=("m-k3s-0", "m-k3s-1")):
@@ -103,7 +117,7 @@ def _addresses(cloud, s, names=("m-k3s-0", "m-k3s-1")):
 def test_floating_addresses_exist_before_servers(cloud):
     addresses = evaluate(lambda: _addresses(cloud, settings()))
     private, public = evaluate(lambda: [addresses.nodes[1].private_ip, addresses.nodes[1].public_ip])
-    assert private.startswith("10.20.0.") and public.startswith("203.0.113.")
+    assert private.startswith("10.20.0.") and public.startswith("198.18.0.")
     port = cloud.named("m-k3s-1-port")
     assert port.inputs["securityGroupIds"] == ["sg-1", "sg-2"]
     assert port.inputs["fixedIps"] == [{"subnetId": "m-subnet-id"}]
@@ -178,7 +192,15 @@ def test_k3s_cluster_certificate_wiring(cloud):
     assert server.inputs["blockDevices"] == [{
         "sourceType": "image", "uuid": "image-ubuntu-24.04", "destinationType": "volume", "volumeSize": 40,
         "bootIndex": 0, "deleteOnTermination": True}]
+    assert server.inputs["configDrive"] is True
     assert cloud.one("ServerGroup").inputs["policies"] == "soft-anti-affinity"
+    # Agents join with the agent token pinned to the server CA; the server token stays on the server.
+    server_token = cloud.named("m-token").outputs["result"]
+    for agent in ("m-k3s-1", "m-k3s-2"):
+        data = cloud.registered[("openstack:compute/instance:Instance", agent)].outputs["userData"]
+        config = yaml.safe_load({f["path"]: f["content"] for f in yaml.safe_load(data)["write_files"]}[
+            "/etc/rancher/k3s/config.yaml"])
+        assert config["token"].startswith("K10") and server_token not in data
 
     gate = cloud.one("dynamic:Resource")
     assert gate.outputs["url"] == f"https://{server_public_ip}:6443/readyz"
@@ -187,6 +209,42 @@ def test_k3s_cluster_certificate_wiring(cloud):
         assert cloud.depends_on(gate, association)
     # Agents boot in parallel with the server: they know its private address from its port.
     assert not cloud.depends_on(cloud.named("m-k3s-1"), cloud.named("m-k3s-0"))
+
+
+def test_each_node_has_its_own_data_volume_attached_and_named_in_its_user_data(cloud):
+    from components.kubernetes import K3sCluster
+    s = settings(dataVolumeSize="250", dataVolumeType="ssd")
+    cluster = K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1"]))
+    evaluate(lambda: cluster.kubeconfig)
+    for machine, node in zip(cluster.machines, ("m-k3s-0", "m-k3s-1")):
+        volume = cloud.named(f"{node}-data")
+        assert volume.inputs["size"] == 250 and volume.inputs["volumeType"] == "ssd"
+        attach = cloud.named(f"{node}-data-attach")
+        assert attach.inputs == {"instanceId": f"{node}-id", "volumeId": f"{node}-data-id"}
+        user_data = cloud.named(node).outputs["userData"]
+        assert f"volume_id={node}-data-id" in user_data
+        # A replaced server (delete before replace) gets the same volume back; the server ignores boot inputs.
+        assert cloud.depends_on(attach, cloud.named(node)) and cloud.depends_on(cloud.named(node), volume)
+
+
+def test_the_image_is_pinned_at_the_first_deploy(cloud):
+    from components.kubernetes import K3sCluster
+    s = settings()
+    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
+    stash = cloud.one("pulumi:index:Stash")
+    assert stash.inputs["input"] == "image-ubuntu-24.04"
+    server = cloud.named("m-k3s-0")
+    assert server.inputs["blockDevices"][0]["uuid"] == stash.outputs["output"]
+    assert cloud.depends_on(server, stash)
+
+
+def test_an_image_given_by_id_is_used_as_it_is(cloud):
+    from components.kubernetes import K3sCluster
+    image = "6f0d2b3e-7c4a-4f5e-9d1b-2a3c4d5e6f70"
+    s = settings(image=image)
+    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
+    assert not cloud.of_type("pulumi:index:Stash") and not [t for t, _ in cloud.invokes if "getImage" in t]
+    assert cloud.named("m-k3s-0").inputs["blockDevices"][0]["uuid"] == image
 
 
 def test_existing_cluster_takes_kubeconfig_from_config(cloud):

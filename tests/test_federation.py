@@ -29,7 +29,7 @@ def test_phase_of_resource_types():
         "cockroachdb"]
 
 
-def test_events_drive_phases_forward_and_joined_on_the_statefulset():
+def test_events_drive_phases_forward_and_joined_on_the_daemonset():
     progress = CloudProgress("otc")
     progress.start(0.0)
     seen = []
@@ -49,7 +49,7 @@ def _render(table) -> str:
     return console.export_text()
 
 
-@pytest.mark.parametrize("operation, final, count", [("preview", "previewed", "5/5"), ("destroy", "destroyed", "2/2")])
+@pytest.mark.parametrize("operation, final, count", [("preview", "previewed", "6/6"), ("destroy", "destroyed", "2/2")])
 def test_preview_and_destroy_never_claim_a_join(operation, final, count):
     progress = CloudProgress("otc", operation)
     progress.start(0.0)
@@ -92,7 +92,7 @@ def test_one_failure_does_not_stop_the_others(tmp_path):
     assert len(bad.error.splitlines()) <= 5
     log = (tmp_path / "logs" / "bad.log").read_text()
     assert "openstack:compute/instance:Instance creating" in log and "RuntimeError" in log
-    assert "StatefulSet creating" in (tmp_path / "logs" / "good1.log").read_text()
+    assert "DaemonSet creating" in (tmp_path / "logs" / "good1.log").read_text()
 
 
 def test_join_brings_up_a_seed_that_is_not_up_first(tmp_path):
@@ -120,6 +120,59 @@ def test_join_does_not_start_members_when_the_seed_fails(tmp_path):
     assert run.progress["a"].status == "failed" and "seed stack 'seed' is not up" in run.progress["a"].error
 
 
+class SigningSeed(FakeStack):
+    """A seed whose `up` signs what it admitted: the members' outputs then say they are signed."""
+
+    def __init__(self, members, **kwargs):
+        super().__init__("seed", outputs={"joinAddresses": ["198.18.0.1:26257"], "caCertificate": "ca"}, **kwargs)
+        self.members = members
+
+    def run(self, operation, on_event, on_output):
+        super().run(operation, on_event, on_output)
+        for member in self.members:
+            if member.outputs()["stack"] in getattr(self, "admitted", []):
+                member._outputs["certificatesSigned"] = True
+
+
+def waiting(name, **kwargs):
+    return FakeStack(name, outputs={"stack": f"organization/crdb-federation/{name}", "certificatesSigned": False},
+                     **kwargs)
+
+
+def test_join_admits_the_members_that_wait_then_brings_them_up_again(tmp_path):
+    members = [waiting("a", duration=0.02), waiting("b", duration=0.02)]
+    seed = SigningSeed(members)
+    run = Run(["a", "b"], "up", tmp_path / "logs")
+    join(run, seed, members, parallelism=4)
+    assert seed.admitted == ["organization/crdb-federation/a", "organization/crdb-federation/b"]
+    assert seed.calls == ["up"] and [m.calls for m in members] == [["up", "up"], ["up", "up"]]
+    assert run.progress["seed"].finished_at <= min(run.progress[m].started_at for m in ("a", "b"))
+    assert all(p.status == "succeeded" for p in run.progress.values())
+
+
+def test_a_member_whose_seed_does_not_sign_is_reported_failed(tmp_path):
+    members = [waiting("a")]
+    seed = SigningSeed(members, fail_after=2)
+    run = Run(["a"], "up", tmp_path / "logs")
+    join(run, seed, members, parallelism=4)
+    assert members[0].calls == ["up"]
+    assert run.progress["a"].status == "failed" and "the seed 'seed' did not sign" in run.progress["a"].error
+
+
+def test_a_daemonset_not_awaited_means_waiting_for_the_seed_not_joined():
+    progress = CloudProgress("otc")
+    progress.start(0.0)
+    data = {"sequence": 1, "timestamp": 0, "resOutputsEvent": {"metadata": {
+        "op": "create", "urn": "urn:pulumi:s::p::kubernetes:apps/v1:DaemonSet::d", "type": "kubernetes:apps/v1:DaemonSet",
+        "provider": "", "new": {"type": "kubernetes:apps/v1:DaemonSet", "urn": "u", "id": "d", "parent": "",
+                                "provider": "", "inputs": {"metadata": {"annotations": {
+                                    "pulumi.com/skipAwait": "true"}}}, "outputs": {}}}}}
+    from pulumi.automation.events import EngineEvent
+    progress.on_event(EngineEvent.from_json(data), now=1.0)
+    progress.finish(2.0)
+    assert progress.phase == "signing" and "joined" not in progress.phases
+
+
 def test_members_with_explicit_join_and_ca_do_not_wait_for_the_seed(tmp_path):
     seed, member = FakeStack("seed", fail_after=1), FakeStack("a")
     run = Run(["a"], "up", tmp_path / "logs")
@@ -139,7 +192,7 @@ def test_dashboard_and_summary(tmp_path):
     console = Console(record=True, width=140)
     console.print(progress_table(run.snapshot(), run.now(), "join"))
     text = console.export_text()
-    assert "slow" in text and "joined 5/5" in text and "10/10" in text and "kubernetes 3/5" in text
+    assert "slow" in text and "joined 6/6" in text and "10/10" in text and "kubernetes 3/6" in text
     console = Console(record=True, width=200)
     console.print(summary_table(run.snapshot()))
     summary = console.export_text()
@@ -200,13 +253,15 @@ def test_cli_without_pulumi_says_so_without_traceback(tmp_path):
         assert "Pulumi CLI is not installed" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_cli_refuses_destroy_before_decommission(tmp_path):
+def test_cli_refuses_a_plain_destroy_and_removing_the_seed(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "federation", "destroy", "otc"], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
-    assert result.returncode == 2 and "decommission" in result.stderr
-    seed = subprocess.run([sys.executable, "-m", "federation", "destroy", "seed", "--confirm-decommissioned"],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert seed.returncode == 2 and "not destroyed from here" in seed.stderr
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "python -m federation remove otc" in result.stderr
+    assert "decommissions" in result.stderr
+    seed = subprocess.run([sys.executable, "-m", "federation", "remove", "seed", "--yes"], cwd=ROOT,
+                          capture_output=True, text=True, env=env)
+    assert seed.returncode == 2 and "not removed from here" in seed.stderr
 
 
 def test_cli_report_command(tmp_path):

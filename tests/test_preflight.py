@@ -8,7 +8,8 @@ import pytest
 
 from federation.preflight import (
     FAIL, PASS, SKIP, WARN, Flavor, Needs, admin_findings, check_stack, documentation_overlaps, flavor_findings,
-    is_public, mtu_findings, needs, quota_findings, seed_findings, stack_settings,
+    federation_findings, is_public, mtu_findings, needs, quota_findings, seed_findings, settings_findings,
+    stack_settings,
 )
 from tests.harness import ROOT
 
@@ -19,9 +20,10 @@ SMALL = Flavor("m1.small", 1, 2048, 20)
 def test_a_managed_seed_needs_three_servers_volumes_floating_ips_and_its_groups():
     settings = stack_settings("seed", ROOT)
     need = needs(settings, LARGE, SMALL)
-    assert (need.instances, need.volumes, need.floatingip, need.router) == (3, 3, 3, 1)
+    # Each node has a boot volume and a data volume of its own.
+    assert (need.instances, need.volumes, need.floatingip, need.router) == (3, 6, 3, 1)
     assert (need.cores, need.ram) == (4 + 2 * 1, 8192 + 2 * 2048)
-    assert need.gigabytes == 3 * settings.openstack.boot_volume_size
+    assert need.gigabytes == 3 * (settings.openstack.boot_volume_size + settings.openstack.data_volume_size)
     assert need.ports == 3 + 2  # node ports, DHCP, router interface
     assert need.security_group_rule > need.security_group >= 2
 
@@ -81,7 +83,10 @@ def test_the_seed_check_needs_outputs_from_the_seed_stack():
     assert missing.status == FAIL and "bring the seed up first" in missing.todo
     [unreadable] = seed_findings("canonical", member, lambda stack: (_ for _ in ()).throw(RuntimeError("no stack")))
     assert unreadable.status == FAIL and "no stack" in unreadable.found
-    outputs = {"joinAddresses": ["127.0.0.1:1"], "caCertificate": "x"}
+    [old] = seed_findings("canonical", member, lambda stack: {"joinAddresses": ["127.0.0.1:1"], "caCertificate": "x"})
+    assert old.status == FAIL and "clientCaCertificate/federationJoin" in old.found
+    outputs = {"joinAddresses": ["127.0.0.1:1"], "caCertificate": "x", "clientCaCertificate": "y",
+               "federationJoin": ["127.0.0.1:1"]}
     [silent] = seed_findings("canonical", member, lambda stack: outputs, timeout=0.5)
     assert silent.status == SKIP and "none of 1" in silent.found
     assert seed_findings("seed", stack_settings("seed", ROOT), lambda stack: {})[0].status == SKIP
@@ -112,3 +117,22 @@ def test_a_cloud_that_refuses_the_credentials_is_one_access_failure():
 @pytest.mark.parametrize("stack", ["seed", "vexxhost", "zte", "otc"])
 def test_every_shipped_stack_parses_for_preflight(stack):
     assert stack_settings(stack, ROOT).stack == stack
+
+
+def test_the_shipped_placeholder_ranges_fail_the_federation_check():
+    [placeholder] = federation_findings("otc", stack_settings("otc", ROOT), [])
+    assert placeholder.status == FAIL and "100.64.0.0/10 is not public" in placeholder.found
+
+
+def test_the_federation_range_must_hold_the_seeds_nodes():
+    from components.settings import parse_settings
+    from tests.test_settings import VALID
+    settings = parse_settings({**VALID, "federationCidrs": '["198.18.0.0/16"]'}, "otc")
+    [outside] = federation_findings("otc", settings, ["198.18.0.5:26257", "198.19.0.7:26257"])
+    assert outside.status == FAIL and outside.found == "198.19.0.7 outside it"
+    assert federation_findings("otc", settings, ["198.18.0.5:26257"])[0].status == PASS
+
+
+def test_a_seed_without_its_licence_fails_preflight():
+    [missing] = settings_findings("seed", stack_settings("seed", ROOT))
+    assert missing.status == FAIL and missing.check == "Licence" and "enterpriseLicense" in missing.todo

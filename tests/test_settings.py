@@ -1,5 +1,7 @@
 """Settings: every invalid value is reported at once, naming the key, the value and the expectation."""
 
+import json
+
 import pulumi
 import pytest
 import yaml
@@ -17,8 +19,8 @@ VALID = {
     "image": "ubuntu-24.04",
     "serverFlavor": "v3-standard-4",
     "externalNetwork": "public",
-    "adminCidrs": '["198.51.100.0/24"]',
-    "federationCidrs": '["0.0.0.0/0"]',
+    "adminCidrs": '["198.20.0.0/24"]',
+    "federationCidrs": '["198.18.0.0/15"]',
     "seedStack": "org/crdb-federation/seed",
 }
 
@@ -73,11 +75,23 @@ def test_settings_are_frozen():
     ("availabilityZone", "az=1", "locality tier value"),
     ("cockroachImage", "cockroachdb/cockroach:latest", "pinned tag"),
     ("cockroachImage", "cockroachdb/cockroach", "pinned tag"),
-    ("storageSize", "100GB", "quantity"),
+    ("dataVolumeSize", "1", "integer from 2"),
+    ("osUpgradeVersion", "two words", "label of up to 63"),
+    ("ntpServers", '["ntp one"]', "host names or IP addresses"),
+    ("adminCidrs", '["203.0.113.0/24"]', "not a documentation range"),
+    ("federationCidrs", '["198.18.0.0/15", "2001:db8::/48"]', "not a documentation range"),
+    ("sqlCidrs", '["192.0.2.0/28"]', "not a documentation range"),
+    ("federationCidrs", '["0.0.0.0/0"]', "narrower than the whole internet"),
+    ("sqlCidrs", '["::/0"]', "narrower than the whole internet"),
+    ("networkCidr", "10.42.0.0/24", "apart from k3s's pod and service ranges"),
+    ("networkCidr", "10.0.0.0/8", "apart from k3s's pod and service ranges"),
+    ("joinAddresses", '["198.51.100.5:26257"]', "not one of a documentation range"),
+    ("seedStack", "seed", "full stack name"),
+    ("caCertificate", "not a certificate", "a PEM certificate"),
     ("cockroachMemory", "lots", "quantity"),
     ("cockroachCpu", "two", "CPU quantity"),
-    ("joinAddresses", '["203.0.113.5"]', "host:port"),
-    ("insecure", "maybe", "true or false"),
+    ("joinAddresses", '["192.168.10.5"]', "host:port"),
+    ("forceRemoval", "maybe", "true or false"),
 ])
 def test_each_bad_value_names_key_value_and_expectation(key, value, expected):
     found = problems({**VALID, key: value})
@@ -85,8 +99,9 @@ def test_each_bad_value_names_key_value_and_expectation(key, value, expected):
     assert matching, found
     assert expected in matching[0]
     # A bad list entry is named by itself; any other value in full.
-    shown = [v for v in ("not-a-cidr", "300.1.1.1/32", "dns.example", "203.0.113.5") if v in value] or [value]
-    assert repr(shown[0]) in matching[0]
+    entries = ("not-a-cidr", "300.1.1.1/32", "dns.example", "192.168.10.5", "2001:db8::/48", "ntp one")
+    shown = [v for v in entries if v in value] or [json.loads(value)[0] if value.startswith("[") else value]
+    assert repr(shown[0]) in matching[0] or key == "caCertificate"
 
 
 @pytest.mark.parametrize("missing", ["cloud", "region", "image", "serverFlavor", "adminCidrs", "federationCidrs"])
@@ -127,8 +142,8 @@ def test_existing_network_with_fixed_public_addresses_is_valid():
 
 
 def test_seed_needs_three_nodes_and_no_seed_stack():
-    values = {**VALID, "role": "seed", "nodeCount": "2"}
-    found = problems(values)
+    values = {**VALID, "role": "seed", "nodeCount": "2", "clusterOrganization": "acme"}
+    found = problems(values, LICENCE)
     assert any(p.startswith("crdb-federation:nodeCount = '2': expected at least 3") for p in found)
     assert any(p.startswith("crdb-federation:seedStack = 'org/crdb-federation/seed'") for p in found)
 
@@ -138,42 +153,85 @@ def test_member_needs_a_way_to_the_cluster():
     found = problems(values)
     assert any(p.startswith("crdb-federation:seedStack = None") for p in found)
     assert any(p.startswith("crdb-federation:caCertificate = None") for p in found)
+    assert any(p.startswith("crdb-federation:clientCaCertificate = None") for p in found)
 
 
-def test_member_with_explicit_join_and_ca_is_valid():
+PEM = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+
+
+def test_member_with_explicit_join_and_ca_certificates_is_valid():
     values = {k: v for k, v in VALID.items() if k != "seedStack"}
-    secrets = {"caCertificate": pulumi.Output.from_input("ca"), "caPrivateKey": pulumi.Output.from_input("key")}
-    settings = parse_settings({**values, "joinAddresses": '["203.0.113.5:26257", "crdb.example.org:26257"]'},
-                              "m", secrets)
-    assert settings.cockroach.join_addresses == ("203.0.113.5:26257", "crdb.example.org:26257")
+    settings = parse_settings({**values, "joinAddresses": '["198.18.0.5:26257", "crdb.example.org:26257"]',
+                               "caCertificate": PEM, "clientCaCertificate": PEM}, "m")
+    assert settings.cockroach.join_addresses == ("198.18.0.5:26257", "crdb.example.org:26257")
+    assert settings.cockroach.node_certificate is None
 
 
-def test_ca_certificate_and_key_come_together():
-    found = problems(VALID, {"caCertificate": pulumi.Output.from_input("ca")})
+def test_a_member_never_holds_a_ca_key():
+    found = problems(VALID, {"caPrivateKey": pulumi.Output.from_input("key")})
+    assert any(p.startswith("crdb-federation:caPrivateKey = '(secret)': expected no CA key on a member") for p in found)
+
+
+def test_signed_certificates_come_together():
+    found = problems({**VALID, "nodeCertificate": PEM})
+    assert any(p.startswith("crdb-federation:nodeClientCertificate = None: expected both") for p in found)
+
+
+SEED = {**{k: v for k, v in VALID.items() if k != "seedStack"}, "role": "seed", "clusterOrganization": "acme"}
+LICENCE = {"enterpriseLicense": pulumi.Output.from_input("crl-0-abc")}
+
+
+def test_seed_ca_certificate_and_key_come_together():
+    found = problems({**SEED, "caCertificate": PEM}, LICENCE)
     assert any(p.startswith("crdb-federation:caPrivateKey = None: expected both") for p in found)
+
+
+def test_seed_needs_a_licence_for_up_and_warns_in_a_preview():
+    seed = {k: v for k, v in SEED.items() if k != "clusterOrganization"}
+    found = problems(seed, LICENCE)
+    assert any("clusterOrganization and the secret crdb-federation:enterpriseLicense: expected both" in p
+               for p in found)
+    assert problems(SEED) == [p for p in problems(SEED) if "enterpriseLicense" in p]
+    preview = parse_settings(SEED, "s", preview=True)
+    assert preview.warnings and "throttles an unlicensed cluster" in preview.warnings[0]
+    assert not parse_settings(SEED, "s", LICENCE).warnings
+
+
+def test_seed_only_keys_are_refused_on_members():
+    found = problems({**VALID, "members": '["org/crdb-federation/otc"]', "clusterOrganization": "acme"}, LICENCE)
+    keys = {p.split(" = ")[0] for p in found}
+    assert {"crdb-federation:members", "crdb-federation:clusterOrganization",
+            "crdb-federation:enterpriseLicense"} <= keys
+
+
+def test_seed_lists_members_by_full_stack_name():
+    found = problems({**SEED, "members": '["otc"]'}, LICENCE)
+    assert any(p.startswith("crdb-federation:members = 'otc': expected full stack names") for p in found)
+    settings = parse_settings({**SEED, "members": '["organization/crdb-federation/otc"]'}, "s", LICENCE)
+    assert settings.cockroach.members == ("organization/crdb-federation/otc",)
 
 
 def test_replication_factor_is_the_seeds():
     found = problems({**VALID, "replicationFactor": "5"})
     assert any(p.startswith("crdb-federation:replicationFactor = '5': expected 0 (unset) on a member") for p in found)
     # The project default (0) reaches every member through the engine: that is "unset", not a problem.
-    assert parse_settings({**VALID, "replicationFactor": "0"}, "m").cockroach.replication_factor == 3
+    assert parse_settings({**VALID, "replicationFactor": "0"}, "m").cockroach.replication_factor == 0
 
 
 @pytest.mark.parametrize("factor", ["1", "4"])
 def test_seed_replication_factor_is_odd_and_at_least_three(factor):
-    seed = {**{k: v for k, v in VALID.items() if k != "seedStack"}, "role": "seed"}
-    found = problems({**seed, "replicationFactor": factor})
-    assert any(p.startswith(f"crdb-federation:replicationFactor = '{factor}': expected 0 (automatic) or an odd "
-                            "number from 3 to 9") for p in found)
-    assert parse_settings({**seed, "replicationFactor": "5"}, "s").cockroach.replication_factor == 5
+    found = problems({**SEED, "replicationFactor": factor}, LICENCE)
+    assert any(p.startswith(f"crdb-federation:replicationFactor = '{factor}': expected 0 (follows the clouds "
+                            "present) or an odd number from 3 to 9") for p in found)
+    assert parse_settings({**SEED, "replicationFactor": "5"}, "s", LICENCE).cockroach.replication_factor == 5
 
 
-def test_insecure_mode_refuses_world_open_cockroach_port():
-    found = problems({**VALID, "insecure": "true", "federationCidrs": '["10.0.0.0/8", "::/0"]'})
-    assert any(p.startswith("crdb-federation:federationCidrs = '::/0'") and "insecure" in p for p in found)
-    settings = parse_settings({**VALID, "insecure": "true", "federationCidrs": '["10.0.0.0/8"]'}, "m")
-    assert settings.cockroach.insecure
+def test_provider_networks_carry_node_traffic_encrypted():
+    values = {k: v for k, v in VALID.items() if k != "externalNetwork"}
+    existing = parse_settings({**values, "networkMode": "existing", "publicAddressing": "fixed",
+                               "existingNetwork": "provider"}, "m")
+    assert existing.kubernetes.flannel_backend == "wireguard-native"
+    assert parse_settings(VALID, "m").kubernetes.flannel_backend == "vxlan"
 
 
 def test_existing_kubernetes_needs_kubeconfig_and_nodes():
@@ -192,5 +250,5 @@ def test_every_config_key_is_declared_in_the_project_and_its_default_means_absen
         assert declaration["type"] in ("string", "integer", "boolean", "array"), key
     # The engine hands every declared default to every stack: each must mean what an absent key means.
     defaults = as_config_strings({k: d["default"] for k, d in declared.items() if "default" in d})
-    for role_values in (VALID, {**{k: v for k, v in VALID.items() if k != "seedStack"}, "role": "seed"}):
-        assert parse_settings({**defaults, **role_values}, "m") == parse_settings(role_values, "m")
+    for role_values, secrets in ((VALID, {}), (SEED, LICENCE)):
+        assert parse_settings({**defaults, **role_values}, "m", secrets) == parse_settings(role_values, "m", secrets)

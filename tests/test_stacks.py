@@ -6,7 +6,7 @@ import yaml
 from components.settings import SECRET_KEYS
 from federation.runner import stack_names
 from tests.harness import ROOT, run_program, stack_config
-from tests.test_program import SEED_STACK, kubernetes_manifests
+from tests.test_program import SEED_SECRETS, SEED_STACK, kubernetes_manifests
 from tests.validators import assert_valid_cloud_config, assert_valid_kubernetes
 
 OPERATORS = ["canonical", "easystack", "huawei", "ibm", "netapp", "otc", "platform9", "rackspace", "redhat", "suse",
@@ -32,11 +32,15 @@ def test_stack_file_hygiene(stack):
     assert "ADAPT" in text
     if stack != "seed":
         assert config["seedStack"] == SEED_STACK
+    # Nothing is open to the world, and the shipped ranges are placeholders that no real peer matches.
+    for key in ("adminCidrs", "federationCidrs", "sqlCidrs"):
+        assert config[key] in ([], ["100.64.0.0/10"]), (key, config[key])
 
 
 @pytest.fixture(scope="module")
 def seed_run():
-    return run_program(stack_config("seed"), stack="seed")
+    # The licence is a secret each seed operator sets; the stack file carries none.
+    return run_program(stack_config("seed"), stack="seed", secrets=SEED_SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +78,11 @@ def test_operator_stack_joins_through_the_seed(stack, seed_outputs):
     run = run_program(config, stack=stack, stack_outputs={SEED_STACK: seed_outputs})
     _check_run(run)
     assert run.output("caCertificate") == seed_outputs["caCertificate"]
-    script = run.cloud.one(":StatefulSet").inputs["spec"]["template"]["spec"]["containers"][0]["command"][2]
-    assert f'"--join={",".join(seed_outputs["joinAddresses"])}"' in script
+    assert run.cloud.named(f"{stack}-join").inputs["data"]["join"] == ",".join(seed_outputs["federationJoin"]) + "\n"
+    script = run.cloud.one(":DaemonSet").inputs["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert f'"--locality=cloud={stack},region={config["region"]},zone={config["availabilityZone"]}"' in script
+    # Its first up publishes its requests; CockroachDB waits for the seed's signatures.
+    assert run.output("certificatesSigned") is False and set(run.output("certificateRequests")) == {"node", "client"}
     nodes = run.output("nodes")
     assert len(nodes) == config["nodeCount"]
     if config["publicAddressing"] == "fixed":

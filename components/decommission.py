@@ -1,0 +1,245 @@
+"""Decommission before delete, in the engine's own order.
+
+A `Decommission` resource depends on what holds its nodes (server, data volume, attachment), so the
+engine deletes it first and deletes those only once its delete has succeeded. Its delete finds the
+nodes by their advertised addresses, refuses (and so stops the engine with nothing deleted) when the
+cluster would be left with fewer than 3 live nodes or fewer clouds than the replication factor, then
+runs `cockroach node decommission` inside the member's own Kubernetes and waits for `decommissioned`.
+
+One resource per node serves scale-down; one per cloud, which depends on all of them and is therefore
+deleted first when the whole stack goes, decommissions every node of the cloud at once (CockroachDB
+moves each replica once, not once per node) after checking that the whole cloud may leave.
+
+Least credential: the member's own node client certificate (user `node`), which it holds anyway to
+run its nodes; no CA key and no `root` certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+import time
+import json
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Optional, Sequence
+
+import pulumi
+import pulumi.dynamic as dynamic
+
+from .cluster import UNKNOWN_CLOUD, Node, read_nodes, read_replication_factor
+from .settings import COCKROACH_PORT, COCKROACH_SQL_PORT
+
+MINIMUM_NODES = 3
+POLL_SECONDS = 10.0
+TIMEOUT_SECONDS = 6 * 3600
+FORCE_KEY = "crdb-federation:forceRemoval"
+
+
+class DecommissionRefused(Exception):
+    """The cluster would not survive this removal, or cannot be asked; nothing was deleted."""
+
+
+def plan_decommission(nodes: Sequence[Node], addresses: Sequence[str], replication_factor: int,
+                      minimum_nodes: int = MINIMUM_NODES) -> list[Node]:
+    """The nodes to decommission (those advertising `addresses` that are not decommissioned yet), or a
+    refusal naming what would be left. Only live, active nodes count as remaining, and a node whose
+    locality names no cloud counts as no cloud."""
+    targets = [n for n in nodes if n.address in addresses and n.membership != "decommissioned"]
+    if not targets:
+        return []
+    remaining = [n for n in nodes if n.serving and n not in targets]
+    clouds = sorted({n.cloud for n in remaining if n.cloud != UNKNOWN_CLOUD})
+    problems = []
+    if len(remaining) < minimum_nodes:
+        problems.append(f"only {len(remaining)} live node(s) would remain; at least {minimum_nodes} are needed")
+    if len(clouds) < replication_factor:
+        problems.append(f"only {len(clouds)} cloud(s) would remain ({', '.join(clouds) or 'none'}) for a "
+                        f"replication factor of {replication_factor}: a cloud's loss would then lose ranges")
+    if problems:
+        ids = ", ".join(f"n{n.node_id} ({n.address})" for n in targets)
+        raise DecommissionRefused(
+            f"refusing to decommission {ids}: " + "; ".join(problems) + ". Nothing was deleted. Add nodes or "
+            f"clouds first; or, for nodes that never joined or were decommissioned by hand, set {FORCE_KEY} true.")
+    return targets
+
+
+def _write_private(directory: str, name: str, content: str) -> str:
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    return path
+
+
+class SqlEndpoint:
+    """Connects as `node` with the member's node client certificate, verifying the node CA."""
+
+    def __init__(self, hosts: Sequence[str], ca_pem: str, cert_pem: str, key_pem: str, timeout: int = 10):
+        self.hosts, self.ca_pem, self.cert_pem, self.key_pem, self.timeout = hosts, ca_pem, cert_pem, key_pem, timeout
+
+    def connect(self):
+        import psycopg
+
+        seen = []
+        with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
+            files = {name: _write_private(directory, name, text) for name, text in (
+                ("ca.crt", self.ca_pem), ("client.crt", self.cert_pem), ("client.key", self.key_pem))}
+            for host in self.hosts:
+                try:
+                    return psycopg.connect(
+                        host=host, port=COCKROACH_SQL_PORT, user="node", dbname="system", autocommit=True,
+                        connect_timeout=self.timeout, sslmode="verify-full", sslrootcert=files["ca.crt"],
+                        sslcert=files["client.crt"], sslkey=files["client.key"])
+                except psycopg.Error as error:
+                    seen.append(f"{host}:{COCKROACH_SQL_PORT}: {str(error).strip().splitlines()[0]}")
+        raise ConnectionError("; ".join(seen) or "no SQL address to try")
+
+
+class KubeApi:
+    """The few Kubernetes API calls a decommission needs, with the admin kubeconfig's client certificate."""
+
+    def __init__(self, kubeconfig: str):
+        import yaml
+
+        document = yaml.safe_load(kubeconfig)
+        cluster, user = document["clusters"][0]["cluster"], document["users"][0]["user"]
+        self.server = cluster["server"].rstrip("/")
+        self.context = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+        with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
+            cert = _write_private(directory, "client.crt", base64.b64decode(user["client-certificate-data"]).decode())
+            key = _write_private(directory, "client.key", base64.b64decode(user["client-key-data"]).decode())
+            self.context.load_cert_chain(cert, key)
+
+    def call(self, method: str, path: str, body: Optional[dict] = None, *, text: bool = False) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.server + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
+            payload = response.read().decode()
+        return payload if text else json.loads(payload or "{}")
+
+
+def run_decommission_job(kube: KubeApi, manifest: dict[str, Any], timeout: float,
+                         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
+                         ) -> None:
+    """Creates the job, waits for it to succeed, and deletes it; raises with its pod's last log lines."""
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    try:
+        kube.call("DELETE", f"{jobs}/{name}", {"propagationPolicy": "Background"})
+    except urllib.error.HTTPError as error:
+        if error.code != 404:
+            raise
+    kube.call("POST", jobs, manifest)
+    deadline = clock() + timeout
+    while True:
+        status = kube.call("GET", f"{jobs}/{name}").get("status", {})
+        failed = any(c.get("type") == "Failed" and c.get("status") == "True" for c in status.get("conditions", []))
+        if status.get("succeeded"):
+            kube.call("DELETE", f"{jobs}/{name}", {"propagationPolicy": "Background"})
+            return
+        if failed or clock() > deadline:
+            pods = kube.call("GET", f"/api/v1/namespaces/{namespace}/pods?labelSelector=job-name%3D{name}")
+            logs = ""
+            for pod in pods.get("items", [])[-1:]:
+                logs = kube.call("GET", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log"
+                                        "?tailLines=20", text=True)
+            what = "failed" if failed else f"did not finish within {timeout:.0f}s"
+            raise DecommissionRefused(f"the decommission job {namespace}/{name} {what}; its last lines:\n{logs}")
+        sleep(POLL_SECONDS)
+
+
+def decommission(props: dict[str, Any], *, connect: Optional[Callable[[], Any]] = None,
+                 run_job: Callable[..., None] = run_decommission_job, kube: Optional[Any] = None,
+                 sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """The delete of a Decommission resource; returns the ids of the nodes it decommissioned."""
+    from .cockroach_manifests import render_decommission_job
+
+    if props.get("force"):
+        return []
+    if not props.get("certPem"):
+        # The seed never signed this stack's certificates: its nodes never started, so never joined.
+        return []
+    endpoint = SqlEndpoint(props["sqlHosts"], props["caPem"], props["certPem"], props["keyPem"])
+    try:
+        connection = (connect or endpoint.connect)()
+    except ConnectionError as error:
+        raise DecommissionRefused(
+            f"cannot ask the cluster whether {', '.join(props['addresses'])} may go: {error}. Nothing was deleted. "
+            f"Run this from a machine in adminCidrs while the cluster answers; or, for nodes that never joined or "
+            f"were decommissioned by hand, set {FORCE_KEY} true.") from None
+    with connection:
+        targets = plan_decommission(read_nodes(connection), props["addresses"], read_replication_factor(connection))
+        if not targets:
+            return []
+        ids = [t.node_id for t in targets]
+        leaving = {t.address for t in targets}
+        host = next((h for h, a in zip(props["rpcHosts"], props["ownAddresses"]) if a not in leaving),
+                    props["rpcHosts"][0])
+        manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids,
+                                           f"{host}:{COCKROACH_PORT}", int(props["timeoutSeconds"]))
+        run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
+        left = {n.node_id: n.membership for n in read_nodes(connection) if n.node_id in ids}
+        if any(state != "decommissioned" for state in left.values()):
+            raise DecommissionRefused(f"after the decommission job, nodes are {left}, not all decommissioned; "
+                                      "nothing was deleted")
+        return ids
+
+
+class _DecommissionProvider(dynamic.ResourceProvider):
+    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
+        # Nothing to do until delete: the nodes join by themselves.
+        return dynamic.CreateResult(id_=props["jobName"], outs=props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
+        keys = [k for k in news if not k.startswith("__") and olds.get(k) != news.get(k)]
+        return dynamic.DiffResult(changes=bool(keys), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        return dynamic.UpdateResult(outs=news)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        decommission(props)
+
+
+class Decommission(dynamic.Resource):
+    """Decommissions the nodes advertising `addresses` when deleted; see the module docstring."""
+
+    def __init__(self, name: str, *, addresses: pulumi.Input[Sequence[str]], own: "OwnNodes",
+                 force: bool, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__(
+            _DecommissionProvider(),
+            name,
+            {
+                "jobName": f"decommission-{name}"[:63].rstrip("-"),
+                "addresses": addresses,
+                "ownAddresses": own.addresses,
+                "rpcHosts": own.private_ips,
+                "sqlHosts": own.sql_hosts,
+                "caPem": own.ca_pem,
+                "certPem": own.cert_pem,
+                "keyPem": pulumi.Output.secret(own.key_pem),
+                "kubeconfig": pulumi.Output.secret(own.kubeconfig),
+                "namespace": own.namespace,
+                "image": own.image,
+                "force": force,
+                "timeoutSeconds": TIMEOUT_SECONDS,
+            },
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                additional_secret_outputs=["keyPem", "kubeconfig"])),
+        )
+
+
+class OwnNodes:
+    """What every Decommission of one stack shares: its nodes' addresses and its credentials."""
+
+    def __init__(self, *, addresses: pulumi.Input[Sequence[str]], private_ips: pulumi.Input[Sequence[str]],
+                 sql_hosts: pulumi.Input[Sequence[str]], ca_pem: pulumi.Input[str],
+                 cert_pem: pulumi.Input[Optional[str]], key_pem: pulumi.Input[str], kubeconfig: pulumi.Input[str],
+                 namespace: str, image: str):
+        self.addresses, self.private_ips, self.sql_hosts = addresses, private_ips, sql_hosts
+        self.ca_pem, self.cert_pem, self.key_pem, self.kubeconfig = ca_pem, cert_pem, key_pem, kubeconfig
+        self.namespace, self.image = namespace, image

@@ -1,0 +1,226 @@
+"""Trust between independent operators: the CA keys never leave the seed.
+
+Every stack makes its own node key and two certificate requests (the node certificate, signed by the
+node CA, and `client.node.crt`, signed by the client CA) and publishes the requests. The seed holds
+both CAs; it signs the requests of the member stacks it lists in `members`, checks what they ask for,
+and publishes the certificates and a join list spread over clouds. A member installs what the seed
+signed: its state never holds a CA key, so it can mint neither a `root` client certificate nor a node
+certificate for another cloud's addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import pulumi
+from pulumi.output import UNKNOWN
+
+from . import pki
+from .settings import is_non_public
+
+NODE_COMMON_NAME = "node"
+# At most this many addresses in a --join list, taken round-robin over clouds.
+JOIN_LIMIT = 5
+
+
+@dataclass(frozen=True)
+class CertificateRequests:
+    node: pulumi.Output[str]
+    client: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a stack's nodes trust and present, and where they join. The signed certificates are None
+    until the seed has signed this stack's requests."""
+
+    ca_pem: pulumi.Output[str]
+    client_ca_pem: pulumi.Output[str]
+    node_key_pem: pulumi.Output[str]
+    node_cert_pem: pulumi.Output[Optional[str]]
+    node_client_cert_pem: pulumi.Output[Optional[str]]
+    join: pulumi.Output[list[str]]
+
+
+class StackNotReady(pulumi.RunError):
+    """A referenced stack has not exported what this one needs (it is not up yet, or is another project)."""
+
+
+def stack_output(reference: pulumi.StackReference, stack: str, name: str, key: str, todo: str) -> pulumi.Output:
+    """An output of another stack, or one clear error naming the setting, the stack and what to do.
+
+    (A StackReference to a stack without outputs has no keys: require_output raises a bare KeyError.)
+    In a preview (a pull request's, say) it is a warning and the value is unknown, so the preview still
+    shows what this stack builds."""
+
+    def present(value):
+        if value is not None:
+            return value
+        problem = f"crdb-federation:{key} = {stack!r}: that stack has no output {name!r}. {todo}"
+        if pulumi.runtime.is_dry_run():
+            pulumi.log.warn(problem + " Previewing with the value unknown.")
+            return UNKNOWN
+        raise StackNotReady(problem)
+
+    return reference.get_output(name).apply(present)
+
+
+def spread_join(clouds: Sequence[tuple[str, Sequence[str]]], limit: int = JOIN_LIMIT) -> list[str]:
+    """Up to `limit` addresses taken round-robin over the clouds in order, so the list spans as many
+    clouds as exist (at least 3 once there are 3) and no cloud is its only way in."""
+    queues = [list(dict.fromkeys(addresses)) for _, addresses in clouds]
+    chosen: list[str] = []
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                address = queue.pop(0)
+                if address not in chosen:
+                    chosen.append(address)
+    return chosen
+
+
+class NodeIdentity(pulumi.ComponentResource):
+    """This stack's node key (it never leaves the stack) and its two certificate requests."""
+
+    def __init__(self, name: str, *, dns_names: Sequence[str], ip_addresses: pulumi.Input[Sequence[str]],
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("crdb-federation:federation:NodeIdentity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        key = pki.private_key(f"{name}-key", child, rsa=True)
+        self.key_pem = pulumi.Output.secret(key.private_key_pem)
+        node = pki.certificate_request(f"{name}-node", key_pem=key.private_key_pem, common_name=NODE_COMMON_NAME,
+                                       dns_names=list(dns_names), ip_addresses=ip_addresses, opts=child)
+        client = pki.certificate_request(f"{name}-client", key_pem=key.private_key_pem,
+                                         common_name=NODE_COMMON_NAME, opts=child)
+        self.requests = CertificateRequests(node.cert_request_pem, client.cert_request_pem)
+        self.register_outputs({"nodeRequest": node.cert_request_pem, "clientRequest": client.cert_request_pem})
+
+
+@dataclass(frozen=True)
+class SignedCertificates:
+    node: pulumi.Output[str]
+    client: pulumi.Output[str]
+
+
+class FederationAuthority(pulumi.ComponentResource):
+    """The seed's node CA (made here, or an operator's own) and client CA, and what it signs with them."""
+
+    def __init__(self, name: str, *, own_ca: Optional[tuple[str, pulumi.Output]] = None,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("crdb-federation:federation:FederationAuthority", name, None, opts)
+        self._child = pulumi.ResourceOptions(parent=self)
+        if own_ca is not None:
+            self.ca_pem = pulumi.Output.from_input(own_ca[0])
+            self._ca_key = pulumi.Output.secret(own_ca[1])
+        else:
+            key, cert = pki.certificate_authority(f"{name}-node-ca", "crdb-federation node CA", self._child,
+                                                  rsa=True, organization="Cockroach")
+            self.ca_pem, self._ca_key = cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
+        client_key, client_cert = pki.certificate_authority(
+            f"{name}-client-ca", "crdb-federation client CA", self._child, rsa=True, organization="Cockroach")
+        self.client_ca_pem = client_cert.cert_pem
+        self._client_ca_key = pulumi.Output.secret(client_key.private_key_pem)
+        root_key, root_cert = pki.signed_certificate(
+            f"{name}-root", ca_cert_pem=self.client_ca_pem, ca_key_pem=self._client_ca_key, common_name="root",
+            uses=pki.CLIENT_ONLY, rsa=True, opts=self._child)
+        self.root_cert_pem = root_cert.cert_pem
+        self.root_key_pem = pulumi.Output.secret(root_key.private_key_pem)
+        self.register_outputs({"caCertificate": self.ca_pem, "clientCaCertificate": self.client_ca_pem})
+
+    def sign(self, name: str, requests: CertificateRequests) -> SignedCertificates:
+        """Signs a stack's node request with the node CA and its client request with the client CA."""
+        node = pki.sign_request(f"{name}-node", request_pem=requests.node, ca_cert_pem=self.ca_pem,
+                                ca_key_pem=self._ca_key, uses=pki.SERVER_AND_CLIENT, opts=self._child)
+        client = pki.sign_request(f"{name}-client", request_pem=requests.client, ca_cert_pem=self.client_ca_pem,
+                                  ca_key_pem=self._client_ca_key, uses=pki.CLIENT_ONLY, opts=self._child)
+        return SignedCertificates(node.cert_pem, client.cert_pem)
+
+
+class AdmissionError(pulumi.RunError):
+    """The seed refuses to sign what a member asked for."""
+
+
+def request_addresses(request_pem: str) -> tuple[str, list[str]]:
+    """The common name and the IP addresses a PEM certificate request asks for."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    request = x509.load_pem_x509_csr(request_pem.encode())
+    names = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:
+        sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        ips = []
+    return (names[0].value if names else ""), ips
+
+
+def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[str, Any]]) -> None:
+    """Refuses, naming the member stack: a locality name already taken (replicas would no longer be spread
+    over clouds), a request for another common name, or for an address another stack's nodes use.
+
+    `members` holds, per member stack: stack, member (its cloud= name) and requests (node, client PEM)."""
+    problems = []
+    names = {seed: "the seed"}
+    # Private addresses repeat from cloud to cloud; a public one belongs to one stack.
+    owners = {ip: "the seed" for ip in seed_ips if not is_non_public(ip)}
+    for member in members:
+        stack, name = member["stack"], member["member"]
+        if name in names:
+            problems.append(f"{stack}: its memberName {name!r} (locality cloud={name}) is already {names[name]}'s")
+        names.setdefault(name, stack)
+        for kind, request in member["requests"].items():
+            common_name, ips = request_addresses(request)
+            if common_name != NODE_COMMON_NAME:
+                problems.append(f"{stack}: its {kind} request is for CN={common_name!r}, not CN={NODE_COMMON_NAME}")
+            for ip in ips:
+                if is_non_public(ip):
+                    continue
+                if owners.setdefault(ip, stack) != stack:
+                    problems.append(f"{stack}: its {kind} request names {ip}, an address of {owners[ip]}")
+    if problems:
+        raise AdmissionError("crdb-federation:members: the seed signs none of these requests:\n"
+                             + "\n".join(f"  - {p}" for p in problems))
+
+
+class MemberAdmissions(pulumi.ComponentResource):
+    """The seed's side of joining: reads each listed member stack's requests, checks and signs them, and
+    publishes the certificates and the join list spread over the seed and the members."""
+
+    signed: pulumi.Output[dict[str, dict[str, str]]]
+    federation_join: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, *, seed_member: str, seed_ips: pulumi.Output[list[str]],
+                 seed_join: pulumi.Output[list[str]], member_stacks: Sequence[str], authority: FederationAuthority,
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("crdb-federation:federation:MemberAdmissions", name, None, opts)
+        todo = ("Its operator runs `pulumi up` of that stack first (it publishes its certificate requests), "
+                "or remove it from crdb-federation:members.")
+        seen: list[pulumi.Output[dict[str, Any]]] = []
+        signed: dict[str, SignedCertificates] = {}
+        for stack in member_stacks:
+            reference = pulumi.StackReference(stack, opts=pulumi.ResourceOptions(parent=self))
+            seen.append(pulumi.Output.all(
+                stack=stack,
+                member=stack_output(reference, stack, "member", "members", todo),
+                requests=stack_output(reference, stack, "certificateRequests", "members", todo),
+                join=stack_output(reference, stack, "joinAddresses", "members", todo),
+            ))
+        # Every request is checked against all the others before any is signed.
+        checked = pulumi.Output.all(seed_ips, *seen).apply(lambda v: _checked(seed_member, v[0], v[1:]))
+        for index, stack in enumerate(member_stacks):
+            requests = checked.apply(lambda members, i=index: members[i]["requests"])
+            signed[stack] = authority.sign(f"{name}-{stack.rsplit('/', 1)[-1]}", CertificateRequests(
+                requests.apply(lambda r: r["node"]), requests.apply(lambda r: r["client"])))
+        self.signed = pulumi.Output.all(**{
+            stack: pulumi.Output.all(node=s.node, client=s.client) for stack, s in signed.items()}
+        ) if signed else pulumi.Output.from_input({})
+        self.federation_join = pulumi.Output.all(seed_join, checked).apply(lambda v: spread_join(
+            [(seed_member, v[0])] + [(m["member"], m["join"]) for m in v[1]]))
+        self.register_outputs({"federationJoin": self.federation_join})
+
+
+def _checked(seed_member: str, seed_ips: list[str], members: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    check_admissions(seed_member, seed_ips, members)
+    return list(members)
