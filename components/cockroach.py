@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 import pulumi
@@ -10,7 +11,7 @@ import pulumi_kubernetes as k8s
 from . import cockroach_manifests as m
 from .cloudinit import no_proxy_list
 from .federation import (
-    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, spread_join, stack_output,
+    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, covers, spread_join, stack_output,
 )
 from .kubernetes import KubeNode
 from .settings import COCKROACH_PORT, Settings
@@ -108,22 +109,11 @@ class CockroachNodes(pulumi.ComponentResource):
         privates = pulumi.Output.all(*[n.private_ip for n in nodes])
         names = [n.name for n in nodes]
 
-        spec = pulumi.Output.all(publics, privates).apply(lambda v: m.CockroachSpec(
-            namespace=c.namespace,
-            member=c.member,
-            region=settings.openstack.region,
-            zone=settings.openstack.availability_zone,
-            cluster_name=c.cluster_name,
-            image=c.image,
-            memory=c.memory,
-            cpu=c.cpu,
-            nodes=tuple(m.NodeAddresses(n, pub, priv) for n, pub, priv in zip(names, v[0], v[1])),
-            http_proxy=k.http_proxy,
-            no_proxy=no_proxy_list(k, settings.network.cidr),
-        ))
+        addresses = pulumi.Output.all(publics, privates).apply(
+            lambda v: tuple(m.NodeAddresses(n, pub, priv) for n, pub, priv in zip(names, v[0], v[1])))
         self.locality = m.locality(c.member, settings.openstack.region, settings.openstack.availability_zone)
         self.identity = NodeIdentity(f"{name}-identity", dns_names=m.node_certificate_dns_names(c.namespace),
-                                     ip_addresses=spec.apply(lambda s: m.node_certificate_ips(s.nodes)), opts=child)
+                                     ip_addresses=addresses.apply(m.node_certificate_ips), opts=child)
         self.seed = None
         if c.is_seed:
             self.seed = Seed(name, settings, self.identity, publics, privates, child)
@@ -132,13 +122,30 @@ class CockroachNodes(pulumi.ComponentResource):
             trust = member_trust(settings, self.identity, child)
         self.trust = trust
 
+        # Each node knows whether the certificate the seed signed covers it: one added since waits.
+        spec = pulumi.Output.all(addresses, trust.node_cert_pem, trust.node_client_cert_pem).apply(
+            lambda v: m.CockroachSpec(
+                namespace=c.namespace,
+                member=c.member,
+                region=settings.openstack.region,
+                zone=settings.openstack.availability_zone,
+                cluster_name=c.cluster_name,
+                image=c.image,
+                memory=c.memory,
+                cpu=c.cpu,
+                nodes=tuple(dataclasses.replace(n, signed=bool(v[2]) and covers(v[1], n.public_ip, n.private_ip))
+                            for n in v[0]),
+                http_proxy=k.http_proxy,
+                no_proxy=no_proxy_list(k, settings.network.cidr),
+            ))
+
         namespace = self._apply(k8s.core.v1.Namespace, f"{name}-ns", spec.apply(m.render_namespace), k8s_opts, fields=())
         in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace]))
         self._apply(k8s.core.v1.ConfigMap, f"{name}-addresses", spec.apply(m.render_address_config_map),
                     in_namespace, fields=("data",))
         self._apply(k8s.core.v1.ConfigMap, f"{name}-join", pulumi.Output.all(spec, trust.join).apply(
             lambda v: m.render_join_config_map(v[0], tuple(v[1]))), in_namespace, fields=("data",))
-        signed = pulumi.Output.all(trust.node_cert_pem, trust.node_client_cert_pem).apply(lambda v: all(v))
+        signed = spec.apply(lambda s: all(n.signed for n in s.nodes))
         self._secret(name, spec, m.NODE_SECRET, pulumi.Output.all(
             trust.ca_pem, trust.client_ca_pem, trust.node_key_pem, trust.node_cert_pem, trust.node_client_cert_pem,
         ).apply(lambda v: node_files(*v)), in_namespace)

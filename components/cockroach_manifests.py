@@ -54,11 +54,13 @@ NODE_FILES = ("ca.crt", "ca-client.crt", "node.crt", "node.key", "client.node.cr
 
 @dataclass(frozen=True)
 class NodeAddresses:
-    """A Kubernetes node's name and the addresses its CockroachDB node advertises."""
+    """A Kubernetes node's name and the addresses its CockroachDB node advertises; `signed`: the node
+    certificate the seed signed covers both (a node added since waits until the seed signs again)."""
 
     name: str
     public_ip: str
     private_ip: str
+    signed: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,15 +140,17 @@ def render_start_script(spec: CockroachSpec) -> str:
         "  exit 1",
         "fi",
         # `read` fails on a last line without a newline; the values are checked just below.
-        'read -r public_ip private_ip < "$address_file" || true',
+        'read -r public_ip private_ip signed < "$address_file" || true',
         'if [ -z "${public_ip:-}" ] || [ -z "${private_ip:-}" ]; then',
-        '  echo "crdb-federation: ${address_file} must hold \'<public ip> <private ip>\'" >&2',
+        '  echo "crdb-federation: ${address_file} must hold \'<public ip> <private ip> [signed]\'" >&2',
         "  exit 1",
         "fi",
-        # A member's certificates are signed by the seed; until then the secret holds only the key and CAs.
-        'until [ -s "$certs/node.crt" ] && [ -s "$certs/client.node.crt" ]; do',
+        # A member's certificates are signed by the seed; until they cover this node (the secret holds only
+        # the key and CAs before the first signature), peers would refuse it. Mounted files follow updates.
+        'until [ "${signed:-}" = signed ] && [ -s "$certs/node.crt" ] && [ -s "$certs/client.node.crt" ]; do',
         '  echo "crdb-federation: waiting for the seed to sign the certificates of ${NODE_NAME}"',
         '  sleep "${CERT_CHECK_SECONDS:-60}"',
+        '  read -r public_ip private_ip signed < "$address_file" || true',
         "done",
         'join=$(tr -d "[:space:]" < "$join_file")',
         'if [ -z "$join" ]; then',
@@ -274,7 +278,7 @@ def render_address_config_map(spec: CockroachSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(spec, ADDRESS_CONFIG_MAP),
-        "data": {n.name: f"{n.public_ip} {n.private_ip}\n" for n in spec.nodes},
+        "data": {n.name: f"{n.public_ip} {n.private_ip} {'signed' if n.signed else 'waiting'}\n" for n in spec.nodes},
     }
 
 

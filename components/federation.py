@@ -156,6 +156,21 @@ def request_addresses(request_pem: str) -> tuple[str, list[str]]:
     return (names[0].value if names else ""), ips
 
 
+def covers(certificate_pem: Optional[str], *ips: str) -> bool:
+    """True when the certificate names every one of these IP addresses."""
+    if not certificate_pem:
+        return False
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    named = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    return all(ip in named for ip in ips)
+
+
 def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[str, Any]]) -> None:
     """Refuses, naming the member stack: a locality name already taken (replicas would no longer be spread
     over clouds), a request for another common name, or for an address another stack's nodes use.

@@ -22,6 +22,7 @@ import yaml
 from . import pki, upgrades
 from .addresses import NodeAddresses
 from .cloudinit import K3S_CA_FILES, K3sJoin, K3sNode, render_user_data
+from .kube_objects import kube_object
 from .readiness import ApiReadiness
 from .settings import KUBE_API_PORT, Settings
 
@@ -241,14 +242,15 @@ class InPlaceUpgrades(pulumi.ComponentResource):
                  opts: Optional[pulumi.ResourceOptions] = None, deleted_with: Optional[pulumi.Resource] = None):
         super().__init__("crdb-federation:kubernetes:InPlaceUpgrades", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
-        crd = k8s_provider.yaml.v2.ConfigGroup(f"{name}-crd", objs=[upgrades.render_plan_crd()], opts=k8s_opts)
-        controller = k8s_provider.yaml.v2.ConfigGroup(f"{name}-controller", objs=upgrades.render_controller(),
-                                                      opts=k8s_opts)
+        crd = kube_object(f"{name}-plan-crd", upgrades.render_plan_crd(), k8s_opts)
+        controller = [kube_object(f"{name}-{m['kind'].lower()}-{m['metadata']['name']}", m, k8s_opts)
+                      for m in upgrades.render_controller()]
         plans = upgrades.render_k3s_plans(settings.kubernetes.k3s_version)
         if settings.kubernetes.os_upgrade_version:
             plans.append(upgrades.render_os_plan(settings.kubernetes.os_upgrade_version))
-        k8s_provider.yaml.v2.ConfigGroup(f"{name}-plans", objs=plans, opts=pulumi.ResourceOptions.merge(
-            k8s_opts, pulumi.ResourceOptions(depends_on=[crd, controller])))
+        after = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[crd, *controller]))
+        for plan in plans:
+            kube_object(f"{name}-plan-{plan['metadata']['name']}", plan, after)
         self.register_outputs({})
 
 

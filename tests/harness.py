@@ -110,3 +110,24 @@ def evaluate(build: Callable[[], Any]) -> Any:
     run()
     assert "value" in result, "the build's outputs never resolved"
     return result["value"]
+
+
+# One federation for the whole-program tests: a seed, and a member that joins it.
+SEED_STACK = "organization/crdb-federation/seed"
+MEMBER_STACK = "organization/crdb-federation/vexxhost"
+COMMON = {
+    "cloud": "openstack",
+    "region": "RegionOne",
+    "image": "ubuntu-24.04",
+    "serverFlavor": "m1.large",
+    "externalNetwork": "public",
+    "adminCidrs": ["198.20.0.0/24"],
+    "federationCidrs": ["198.18.0.0/15"],
+}
+SEED = {**COMMON, "role": "seed", "replicationFactor": 5, "clusterOrganization": "Acme"}
+SEED_SECRETS = {"enterpriseLicense": "crl-0-test-licence"}
+MEMBER = {**COMMON, "seedStack": SEED_STACK, "nodeCount": 4, "availabilityZone": "az2"}
+
+
+def outputs_of(run):
+    return {name: run.output(name) for name in run.globals["_exports"]}

@@ -115,7 +115,8 @@ def test_unknown_node_fails_clearly_without_starting(tmp_path):
 
 
 def test_address_file_without_final_newline_still_starts(tmp_path):
-    code, argv, stderr = run_start_script(tmp_path, m.render_start_script(spec()), "x", {"x": "198.18.0.9 10.0.0.9"})
+    code, argv, stderr = run_start_script(tmp_path, m.render_start_script(spec()), "x",
+                                          {"x": "198.18.0.9 10.0.0.9 signed"})
     assert code == 0, stderr
     assert "--advertise-addr=198.18.0.9:26257" in argv
 
@@ -148,6 +149,23 @@ def test_a_node_waits_for_its_signed_certificates_then_starts(tmp_path):
         assert process.wait(timeout=15) == 0
         assert "waiting for the seed to sign" in process.stdout.read()
         assert json.loads((tmp_path / "argv.json").read_text())[0] == "start"
+    finally:
+        process.kill()
+
+
+def test_a_node_added_since_the_last_signature_waits_until_the_certificate_covers_it(tmp_path):
+    added = spec(nodes=NODES + (m.NodeAddresses("vexxhost-k3s-3", "198.18.0.13", "10.20.0.13", signed=False),))
+    addresses = m.render_address_config_map(added)["data"]
+    assert addresses["vexxhost-k3s-3"] == "198.18.0.13 10.20.0.13 waiting\n"
+    env = start_env(tmp_path, "vexxhost-k3s-3", node_dirs(tmp_path, addresses), CERT_CHECK_SECONDS="1")
+    process = subprocess.Popen(["/bin/bash", "-c", m.render_start_script(added)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert process.poll() is None and not (tmp_path / "argv.json").exists()
+        (tmp_path / "addresses" / "vexxhost-k3s-3").write_text("198.18.0.13 10.20.0.13 signed\n")
+        assert process.wait(timeout=15) == 0
+        assert "--advertise-addr=198.18.0.13:26257" in json.loads((tmp_path / "argv.json").read_text())
     finally:
         process.kill()
 
@@ -352,8 +370,8 @@ def test_upgrade_plans_go_one_node_at_a_time_server_first():
 
 def test_address_map_is_keyed_by_node_name():
     assert m.render_address_config_map(spec())["data"] == {
-        "vexxhost-k3s-0": "198.18.0.10 10.20.0.10\n", "vexxhost-k3s-1": "198.18.0.11 10.20.0.11\n",
-        "vexxhost-k3s-2": "198.18.0.12 10.20.0.12\n"}
+        "vexxhost-k3s-0": "198.18.0.10 10.20.0.10 signed\n", "vexxhost-k3s-1": "198.18.0.11 10.20.0.11 signed\n",
+        "vexxhost-k3s-2": "198.18.0.12 10.20.0.12 signed\n"}
 
 
 def test_node_certificate_names():

@@ -201,3 +201,37 @@ def test_a_member_the_seed_never_signed_has_nothing_to_decommission():
         raise AssertionError("no cluster may be asked")
 
     assert decommission(props(certPem=None), connect=never, run_job=never) == []
+
+
+def test_forcing_for_one_run_needs_no_up_first(monkeypatch):
+    """A stack whose `up` cannot complete cannot record forceRemoval: the environment says it for a run."""
+    def unreachable():
+        raise ConnectionError("no route")
+
+    monkeypatch.setenv("CRDB_FORCE_REMOVAL", "true")
+    assert decommission(props(), connect=unreachable) == []
+
+
+def test_deletes_of_one_stack_run_one_after_another(monkeypatch):
+    """Scaling down by two nodes deletes two resources at once: each must see what the other left."""
+    import threading
+    import time
+
+    from components import decommission as module
+
+    running, overlapped = [], []
+
+    def slow(props):
+        running.append(props["jobName"])
+        overlapped.append(len(running) > 1)
+        time.sleep(0.2)
+        running.remove(props["jobName"])
+
+    monkeypatch.setattr(module, "decommission", slow)
+    provider = module._DecommissionProvider()
+    threads = [threading.Thread(target=provider.delete, args=(name, props(jobName=name))) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlapped == [False, False]

@@ -310,15 +310,24 @@ def test_servers_in_error_are_those_whose_create_failed_or_that_read_back_as_err
     assert len(server_urns(deployment)) == 3
 
 
-def test_up_refreshes_only_the_servers_then_replaces_those_in_error():
-    healthy, broken = _resource("k3s-0"), _resource("k3s-1")
-    automation = _AutomationStack([healthy, broken], [healthy, {**broken, "outputs": {"powerState": "error"}}])
-    said: list[str] = []
-    PulumiStack("canonical", automation_stack=automation).run("up", lambda e: None, said.append)
-    (refresh, refreshed), (up, upped) = automation.calls
+def test_up_heals_a_server_in_error_by_deleting_it_in_the_cloud_and_forgetting_it_and_its_attachment():
+    healthy, broken = _resource("k3s-0", id="id-0"), _resource("k3s-1", id="id-1")
+    attach = "openstack:compute/volumeAttach:VolumeAttach"
+    attached = _resource("k3s-1-data-attach", kind=attach, dependencies=[broken["urn"]])
+    untouched = _resource("k3s-0-data-attach", kind=attach, dependencies=[healthy["urn"]])
+    automation = _AutomationStack([healthy, broken, attached, untouched],
+                                  [healthy, {**broken, "outputs": {"powerState": "error"}}, attached, untouched])
+    said, deleted = [], []
+    PulumiStack("canonical", automation_stack=automation, delete_server=deleted.append).run(
+        "up", lambda e: None, said.append)
+    (refresh, refreshed), (forget, forgotten), (up, upped) = automation.calls
     assert refresh == "refresh" and refreshed["target"] == [healthy["urn"], broken["urn"]]
-    assert up == "up" and upped["replace"] == [broken["urn"]]
-    assert said == [f"replacing 1 server(s) in ERROR: {broken['urn']}"]
+    # Nova refuses to detach from a server in ERROR: the server goes first, in the cloud, detaching it.
+    assert deleted == ["id-1"]
+    assert forget == "refresh" and forgotten["target"] == [broken["urn"], attached["urn"]]
+    assert up == "up" and "replace" not in upped
+    assert said == [f"healing 1 server(s) in ERROR: deleting them in the cloud, then creating them again: "
+                    f"{broken['urn']}"]
 
 
 def test_up_of_a_healthy_or_empty_stack_replaces_nothing():

@@ -2,6 +2,7 @@
 exports, the engine options that protect data, and errors."""
 
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -10,59 +11,11 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components.settings import SettingsError
 from tests.fakes import FakeCloud
-from tests.harness import run_program
+from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, run_program
 from tests.test_cockroach_manifests import node_dirs, start_env
 from tests.validators import assert_valid_kubernetes
 
-import subprocess
-
-SEED_STACK = "organization/crdb-federation/seed"
-MEMBER_STACK = "organization/crdb-federation/vexxhost"
-COMMON = {
-    "cloud": "openstack",
-    "region": "RegionOne",
-    "image": "ubuntu-24.04",
-    "serverFlavor": "m1.large",
-    "externalNetwork": "public",
-    "adminCidrs": ["198.20.0.0/24"],
-    "federationCidrs": ["198.18.0.0/15"],
-}
-SEED = {**COMMON, "role": "seed", "replicationFactor": 5, "clusterOrganization": "Acme"}
-SEED_SECRETS = {"enterpriseLicense": "crl-0-test-licence"}
-MEMBER = {**COMMON, "seedStack": SEED_STACK, "nodeCount": 4, "availabilityZone": "az2"}
-
-
-def outputs_of(run):
-    return {name: run.output(name) for name in run.globals["_exports"]}
-
-
-@pytest.fixture(scope="module")
-def seed():
-    return run_program(SEED, stack="seed", secrets=SEED_SECRETS)
-
-
-@pytest.fixture(scope="module")
-def seed_outputs(seed):
-    return outputs_of(seed)
-
-
-@pytest.fixture(scope="module")
-def waiting_member(seed_outputs):
-    """A member's first up: the seed has not signed its requests yet."""
-    return run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: seed_outputs})
-
-
-@pytest.fixture(scope="module")
-def signing_seed(waiting_member):
-    """The seed's up after it admitted the member: it signs what the member published."""
-    return run_program({**SEED, "members": [MEMBER_STACK]}, stack="seed", secrets=SEED_SECRETS,
-                       stack_outputs={MEMBER_STACK: outputs_of(waiting_member)})
-
-
-@pytest.fixture(scope="module")
-def member(signing_seed):
-    """The member's second up: it installs its signed certificates."""
-    return run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: outputs_of(signing_seed)})
+# The seed, a member's first up, the seed signing it, the member's second up: fixtures in conftest.py.
 
 
 def daemonset(run):
@@ -254,9 +207,9 @@ def test_each_node_is_decommissioned_before_what_holds_it_and_the_cloud_before_i
             assert cloud.depends_on(decommission, cloud.named(holder)), (decommission.name, holder)
         assert decommission.outputs["addresses"] == [f"{member.output('nodes')[index]['publicIp']}:26257"]
         assert cloud.depends_on(whole, decommission)
-    # One after another: each sees what the last one left.
-    for earlier, later in zip(per_node, per_node[1:]):
-        assert cloud.depends_on(earlier, later)
+    # Not on each other: removing one node leaves the others' dependencies as they are.
+    for one in per_node:
+        assert not [other for other in per_node if other is not one and cloud.depends_on(one, other)]
     props = whole.outputs
     assert props["addresses"] == [f"{n['publicIp']}:26257" for n in member.output("nodes")]
     # The member's own node client certificate: no CA key, no root certificate.
@@ -272,31 +225,32 @@ def test_kubernetes_objects_go_with_the_cluster_not_before_the_decommissioning(m
     assert daemonset(member).options["custom_timeouts"] == {"create": "30m", "update": "30m"}
 
 
+def plans(run):
+    return [r.inputs for r in run.cloud.resources if r.type == "kubernetes:upgrade.cattle.io/v1:Plan"]
+
+
 def test_in_place_upgrade_plans_follow_k3s_version(member):
-    plans = member.cloud.named("vexxhost-upgrades-plans").inputs["objs"]
-    assert [p["metadata"]["name"] for p in plans] == ["k3s-server", "k3s-agent"]
-    assert {p["spec"]["version"] for p in plans} == {"v1.35.5+k3s1"}
+    assert [p["metadata"]["name"] for p in plans(member)] == ["k3s-server", "k3s-agent"]
+    assert {p["spec"]["version"] for p in plans(member)} == {"v1.35.5+k3s1"}
+    crd = member.cloud.one("CustomResourceDefinition")
+    for plan in member.cloud.of_type("upgrade.cattle.io/v1:Plan"):
+        assert member.cloud.depends_on(plan, crd)
     upgraded = run_program({**MEMBER, "k3sVersion": "v1.35.6+k3s1", "osUpgradeVersion": "2026-12"},
                            stack="vexxhost", stack_outputs={SEED_STACK: {}}, preview=True)
-    plans = upgraded.cloud.named("vexxhost-upgrades-plans").inputs["objs"]
-    assert [p["spec"]["version"] for p in plans] == ["v1.35.6+k3s1", "v1.35.6+k3s1", "2026-12"]
+    assert [p["spec"]["version"] for p in plans(upgraded)] == ["v1.35.6+k3s1", "v1.35.6+k3s1", "2026-12"]
 
 
 def kubernetes_manifests(run):
     """The Kubernetes objects the program created, as manifests (the mocks carry numbers as floats);
-    a ConfigGroup's objects one by one, custom resources left out (their CRD is ours and accepts them)."""
+    custom resources left out (their CRD is ours and accepts them)."""
     manifests = []
     for r in run.cloud.resources:
-        if r.type == "kubernetes:yaml/v2:ConfigGroup":
-            found = r.outputs["objs"]
-        elif r.type.startswith("kubernetes:") and not r.type.startswith("kubernetes:providers"):
-            found = [{k: v for k, v in r.outputs.items() if k in (
-                "apiVersion", "kind", "metadata", "spec", "data", "stringData", "type")}]
-        else:
+        if not r.type.startswith("kubernetes:") or r.type.startswith("kubernetes:providers"):
             continue
-        for manifest in found:
-            if not manifest["apiVersion"].startswith("upgrade.cattle.io/"):
-                manifests.append(json.loads(json.dumps(manifest), parse_float=lambda f: int(float(f))))
+        manifest = {k: v for k, v in r.outputs.items() if k in (
+            "apiVersion", "kind", "metadata", "spec", "data", "stringData", "type", "rules", "roleRef", "subjects")}
+        if not manifest["apiVersion"].startswith("upgrade.cattle.io/"):
+            manifests.append(json.loads(json.dumps(manifest), parse_float=lambda f: int(float(f))))
     return manifests
 
 
@@ -347,8 +301,9 @@ def test_existing_kubernetes_stack_builds_no_servers(seed_outputs):
                       stack_outputs={SEED_STACK: seed_outputs})
     assert not [r for r in run.cloud.resources if r.type.startswith("openstack:")]
     assert run.cloud.one("pulumi:providers:kubernetes").outputs["kubeconfig"] == kubeconfig
+    # Its first up: nothing is signed yet, so every node waits.
     assert run.cloud.named("magnum-addresses").inputs["data"] == {
-        "mag-node-0": "198.20.1.10 10.0.0.10\n", "mag-node-1": "198.20.1.11 10.0.0.11\n"}
+        "mag-node-0": "198.20.1.10 10.0.0.10 waiting\n", "mag-node-1": "198.20.1.11 10.0.0.11 waiting\n"}
     assert run.output("apiEndpoint") == "https://198.20.1.5:6443"
     # Its nodes get the label the DaemonSet selects; nothing decommissions before the pods that hold the nodes.
     labels = [p.inputs["metadata"] for p in run.cloud.of_type("core/v1:NodePatch")]
@@ -372,3 +327,12 @@ def test_member_of_a_seed_without_outputs_fails_naming_the_seed_stack():
     with pytest.raises(Exception, match=r"seedStack = 'organization/crdb-federation/seed': that stack has no "
                                         r"output '\w+'\. Bring the seed up first"):
         run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: {}})
+
+
+def test_a_certificate_covers_exactly_the_addresses_it_names(member):
+    from components.federation import covers
+    cert = node_files(member)["client.node.crt"], node_files(member)["node.crt"]
+    node = member.output("nodes")[0]
+    assert covers(cert[1], node["publicIp"], node["privateIp"])
+    assert not covers(cert[1], node["publicIp"], "198.18.250.250")
+    assert not covers(cert[0], node["publicIp"]) and not covers(None, node["publicIp"])

@@ -6,7 +6,8 @@ import yaml
 from components.settings import SECRET_KEYS
 from federation.runner import stack_names
 from tests.harness import ROOT, run_program, stack_config
-from tests.test_program import SEED_SECRETS, SEED_STACK, kubernetes_manifests
+from tests.harness import SEED_SECRETS, SEED_STACK
+from tests.test_program import kubernetes_manifests
 from tests.validators import assert_valid_cloud_config, assert_valid_kubernetes
 
 OPERATORS = ["canonical", "easystack", "huawei", "ibm", "netapp", "otc", "platform9", "rackspace", "redhat", "suse",
@@ -98,6 +99,7 @@ def test_pull_request_previews_cover_every_stack():
     assert sorted(preview["strategy"]["matrix"]["stack"]) == stack_names()
     action = next(step for step in preview["steps"] if str(step.get("uses", "")).startswith("pulumi/actions@"))
     assert action["with"]["command"] == "preview" and action["with"]["comment-on-pr"] is True
+    assert action["with"]["policyPacks"] == "policy"
     assert "cloud-url" in action["with"] and "secrets-provider" in action["with"]
     test_job = workflow["jobs"]["test"]
     assert any("scripts/test.sh" in str(step.get("run", "")) for step in test_job["steps"])

@@ -21,9 +21,9 @@ LOCAL_CLOUD = {
     "image": "ubuntu-24.04",
     "serverFlavor": "m1.large",
 }
-EXTERNAL_NETWORK = "public"  # router gateway and floating IPs, 203.0.113.0/24
-PROVIDER_NETWORK = "provider"  # shared, fixed addresses are public, 198.51.100.0/24
-PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "federation", "requirements.txt")
+EXTERNAL_NETWORK = "public"  # router gateway and floating IPs, 198.18.0.0/24
+PROVIDER_NETWORK = "provider"  # shared, fixed addresses are public, 198.19.0.0/24
+PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "federation", "policy", "requirements.txt")
 
 
 def overlay_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -45,10 +45,11 @@ def copy_project(root: Path, destination: Path) -> Path:
     for name in PROGRAM:
         source = root / name
         if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "venv"))
         else:
             shutil.copy2(source, destination / name)
     (destination / "venv").symlink_to(root / "venv")
+    (destination / "policy" / "venv").symlink_to(root / "policy" / "venv")
     (destination / "stacks").mkdir()
     for stack_file in sorted((root / "stacks").glob("Pulumi.*.yaml")):
         document = yaml.safe_load(stack_file.read_text())

@@ -60,10 +60,10 @@ class Project:
         }
 
     def run(self, *args: str, stack: Optional[str] = None, check: bool = True, timeout: float = 900,
-            stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+            stdin: Optional[str] = None, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
         command = [self.pulumi, *args, "--non-interactive"] + (["--stack", stack] if stack else [])
-        done = subprocess.run(command, cwd=self.directory, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, input=stdin)
+        done = subprocess.run(command, cwd=self.directory, env={**self.env, **(env or {})}, capture_output=True,
+                              text=True, timeout=timeout, input=stdin)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}"
                                  f"\n{done.stderr[-2000:]}")
@@ -72,11 +72,12 @@ class Project:
     def select(self, stack: str) -> None:
         self.run("stack", "select", "--create", stack)
 
-    def events(self, operation: str, stack: str, *args: str, check: bool = False) -> tuple[list[dict], str]:
+    def events(self, operation: str, stack: str, *args: str, check: bool = False,
+               env: Optional[dict[str, str]] = None) -> tuple[list[dict], str]:
         """Runs `pulumi <operation>` with an engine event log; returns the events and the output."""
         log = self.directory / f"events-{stack}-{operation}.jsonl"
         log.unlink(missing_ok=True)
-        done = self.run(operation, *args, "--event-log", str(log), stack=stack, check=check)
+        done = self.run(operation, *args, "--event-log", str(log), stack=stack, check=check, env=env)
         events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         return events, done.stdout + done.stderr
 

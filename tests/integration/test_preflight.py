@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.integration.test_lifecycle import GATE_TIMEOUT, _federation_ca
+from tests.integration.test_lifecycle import GATE_TIMEOUT, LICENCE, _federation_ca
 
 MY_ADDRESS = "198.18.0.10"  # what preflight is told this machine's public address is
 ADMIN_RANGE = "198.18.0.0/15"  # benchmarking range: not a documentation range
@@ -49,7 +49,8 @@ def broken(project):
     private = cloud.network.create_network(name="private-only")
     cloud.network.create_subnet(network_id=private.id, cidr="10.99.0.0/24", ip_version=4)
     project.select("seed")  # exists, with no outputs yet: what a member's Seed check finds
-    _edit(project, "seed", adminCidrs=[ADMIN_RANGE])
+    project.run("config", "set", "--secret", "crdb-federation:enterpriseLicense", LICENCE, stack="seed")
+    _edit(project, "seed", adminCidrs=[ADMIN_RANGE], federationCidrs=[ADMIN_RANGE])
     _edit(project, "otc", adminCidrs=[ADMIN_RANGE], image="no-such-image")
     _edit(project, "huawei", adminCidrs=[ADMIN_RANGE], serverFlavor="m1.small")
     _edit(project, "suse", adminCidrs=[ADMIN_RANGE], externalNetwork="nowhere")
@@ -87,8 +88,10 @@ def test_the_seed_passes(every_stack):
     ("wind", "External network", "'tiny-public' has 2 free address(es), 4 needed"),
     ("ibm", "Existing network", "'private-only' has only private subnets 10.99.0.0/24"),
     ("redhat", "Access", "Region Nowhere is not a valid region name"),
-    ("canonical", "Admin range", "documentation range(s) 203.0.113.0/24"),
-    ("canonical", "Seed", "has no joinAddresses/caCertificate outputs"),
+    # canonical keeps the shipped placeholders, and its seed has no outputs.
+    ("canonical", "Admin range", f"{MY_ADDRESS} is outside 100.64.0.0/10"),
+    ("canonical", "Federation range", "100.64.0.0/10 is not public"),
+    ("canonical", "Seed", "has no joinAddresses/caCertificate/clientCaCertificate/federationJoin output(s)"),
 ])
 def test_each_deliberate_failure_names_the_check_and_what_was_found(every_stack, stack, check, found):
     findings = every_stack[1][stack]
@@ -112,13 +115,12 @@ def test_an_exhausted_quota_fails_the_quota_check(project, broken):
 
 
 def test_join_refuses_a_cloud_that_fails_preflight_while_another_carries_on(project, broken):
-    ca_cert, ca_key = _federation_ca()
-    # zte passes preflight: its own admin range, and explicit join addresses and CA instead of a seed.
-    _edit(project, "zte", adminCidrs=[ADMIN_RANGE], seedStack=None, joinAddresses=["198.51.100.200:26257"],
-          apiReadyTimeout=GATE_TIMEOUT)
+    # zte passes preflight: its own ranges, and explicit join addresses and CA certificates instead of a seed.
+    _edit(project, "zte", adminCidrs=[ADMIN_RANGE], federationCidrs=[ADMIN_RANGE], seedStack=None,
+          joinAddresses=["198.19.0.200:26257"], apiReadyTimeout=GATE_TIMEOUT)
     project.select("zte")
-    project.run("config", "set", "--secret", "crdb-federation:caCertificate", stack="zte", stdin=ca_cert)
-    project.run("config", "set", "--secret", "crdb-federation:caPrivateKey", stack="zte", stdin=ca_key)
+    for key in ("caCertificate", "clientCaCertificate"):
+        project.run("config", "set", f"crdb-federation:{key}", stack="zte", stdin=_federation_ca()[0])
     runs = project.directory / "runs-preflight"
     try:
         done = project.tool("join", "otc", "zte", "--no-dashboard", "--my-address", MY_ADDRESS, "--runs-dir", str(runs))

@@ -263,6 +263,8 @@ default_volume_type = __DEFAULT__
 storage_availability_zone = nova
 glance_api_servers = http://127.0.0.1:9292
 osapi_volume_workers = 1
+# The scheduler places nothing until a backend's statistics reach it; report them soon after a start.
+backend_stats_polling_interval = 10
 # The migrations seed a 'default' quota class (10 volumes) that would win over the limits below;
 # tests that need a limit set it on their project through the quota API.
 use_default_quota_class = false
@@ -423,8 +425,11 @@ EOF
   touch "$DATA/.catalog"
 }
 
+# What seed_cloud makes; a data directory seeded with other ranges is re-seeded (networks re-made).
+SEEDED="$DATA/.seeded-198.18"
+
 seed_cloud() { # flavors, image, external and provider networks; needs every API up
-  [ -f "$DATA/.seeded" ] && return 0
+  [ -f "$SEEDED" ] && return 0
   say "flavors, image, networks"
   DATA=$DATA sdk <<'EOF'
 import os, openstack
@@ -439,10 +444,15 @@ if not cloud.image.find_image("ubuntu-24.04"):
     cloud.image.create_image(name="ubuntu-24.04", filename=path, disk_format="raw", container_format="bare",
                              visibility="public", os_type="linux", os_distro="ubuntu", os_version="24.04")
 # An external network for routers and floating IPs, and a shared provider network whose fixed
-# addresses are public (TEST-NET ranges: they exist only in this cloud's database).
-for name, physnet, cidr, external, shared in (("public", "public", "203.0.113.0/24", True, False),
-                                              ("provider", "provider", "198.51.100.0/24", False, True)):
-    if cloud.network.find_network(name):
+# addresses are public. The benchmarking range (RFC 2544): never routed, not a documentation range
+# (settings refuse those), and it exists only in this cloud's database.
+for name, physnet, cidr, external, shared in (("public", "public", "198.18.0.0/24", True, False),
+                                              ("provider", "provider", "198.19.0.0/24", False, True)):
+    net = cloud.network.find_network(name)
+    if net and [s.cidr for s in cloud.network.subnets(network_id=net.id)] != [cidr]:
+        cloud.network.delete_network(net)  # seeded with an older range, and empty between test runs
+        net = None
+    if net:
         continue
     net = cloud.network.create_network(name=name, is_router_external=external, is_shared=shared,
                                        provider_network_type="flat", provider_physical_network=physnet)
@@ -452,12 +462,12 @@ for name, physnet, cidr, external, shared in (("public", "public", "203.0.113.0/
                                 allocation_pools=[{"start": prefix + ".10", "end": prefix + ".250"}])
 EOF
   "$BIN/nova-manage" --config-file "$ETC/nova/nova.conf" cell_v2 discover_hosts >/dev/null
-  touch "$DATA/.seeded"
+  touch "$SEEDED"
 }
 
 # Listening is not serving: a just-restarted API answers 503 while its token middleware or its
 # workers warm up. Ready means every service answers an authenticated call, three rounds running,
-# with nova-compute and cinder-volume registered.
+# with nova-compute and cinder-volume registered and the cinder scheduler aware of the volume backend.
 apis_ready() { # seconds
   SECONDS_LEFT=$1 sdk <<'EOF'
 import os, sys, time, openstack
@@ -475,6 +485,9 @@ while streak < 3 and time.monotonic() < deadline:
         storage = cloud.block_storage
         if not any(s.binary == "cinder-volume" and s.state == "up" for s in storage.services()):
             raise RuntimeError("cinder-volume is not up")
+        # Up is not placeable: the scheduler refuses every volume until the backend's statistics reach it.
+        if not list(storage.backend_pools()):
+            raise RuntimeError("cinder-scheduler knows no backend pool yet")
         list(storage.volumes(limit=1))
         streak += 1
     except Exception as error:  # any failure restarts the streak
