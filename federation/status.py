@@ -115,7 +115,7 @@ def write_client_certs(outputs: dict[str, Any], directory: Path) -> Path:
     for name, key in (("ca.crt", "caCertificate"), ("client.root.crt", "rootClientCertificate"),
                       ("client.root.key", "rootClientKey")):
         if not outputs.get(key):
-            raise KeyError(f"the seed stack has no output {key}; is it up, and not in insecure mode?")
+            raise KeyError(f"the seed stack has no output {key}; is it up?")
         path = directory / name
         path.touch(mode=0o600)
         path.chmod(0o600)
