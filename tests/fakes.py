@@ -123,10 +123,21 @@ def _sign(subject: x509.Name, issuer: x509.Name, public_key, signing_key, inputs
     return builder.sign(signing_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def fake_tls(type_: str, inputs: dict[str, Any]) -> dict[str, Any]:
+# A stack's keys outlive its runs in the real state: one RSA key per resource name here too, which also
+# spares the suite generating hundreds of them.
+_RSA_KEYS: dict[tuple[str, int], Any] = {}
+
+
+def _rsa_key(name: str, bits: int):
+    if (name, bits) not in _RSA_KEYS:
+        _RSA_KEYS[(name, bits)] = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return _RSA_KEYS[(name, bits)]
+
+
+def fake_tls(type_: str, inputs: dict[str, Any], name: str = "") -> dict[str, Any]:
     if type_ == "tls:index/privateKey:PrivateKey":
         if inputs.get("algorithm") == "RSA":
-            key = rsa.generate_private_key(public_exponent=65537, key_size=int(inputs.get("rsaBits") or 2048))
+            key = _rsa_key(name, int(inputs.get("rsaBits") or 2048))
         else:
             key = ec.generate_private_key(ec.SECP256R1())
         public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -199,7 +210,7 @@ class FakeCloud(pulumi.runtime.Mocks):
         outputs = dict(inputs)
         t = args.typ
         if t.startswith("tls:"):
-            outputs = fake_tls(t, inputs) if self.real_crypto else placeholder_tls(args.name, inputs)
+            outputs = fake_tls(t, inputs, args.name) if self.real_crypto else placeholder_tls(args.name, inputs)
         elif t == "openstack:networking/port:Port":
             outputs["allFixedIps"] = [f"10.20.0.{next(self._private)}"]
         elif t == "openstack:networking/floatingIp:FloatingIp":
