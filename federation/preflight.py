@@ -34,7 +34,8 @@ from . import stack_config
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 DOCUMENTATION_RANGES = tuple(map(ipaddress.ip_network, DOCUMENTATION_CIDRS))
 NON_PUBLIC_RANGES = tuple(map(ipaddress.ip_network, NON_PUBLIC_CIDRS))
-FLANNEL_VXLAN_OVERHEAD = 50  # bytes flannel's VXLAN adds to each pod packet
+# Bytes each flannel backend adds to a pod packet (flannel's vxlan and wireguard backends).
+FLANNEL_OVERHEAD = {"vxlan": 50, "wireguard-native": 80}
 MIN_POD_MTU = 1280
 VXLAN_TENANT_MTU = 1450  # what most clouds' VXLAN tenant networks carry on a 1500-byte underlay
 NODE_OVERHEAD_RAM_MB = 1024  # the OS and k3s beside CockroachDB
@@ -173,14 +174,16 @@ def admin_findings(stack: str, admin_cidrs: Sequence[str], my_address: Optional[
 
 
 def mtu_findings(stack: str, settings: Settings, existing_mtu: Optional[int]) -> list[Finding]:
+    backend = settings.kubernetes.flannel_backend
+    overhead = FLANNEL_OVERHEAD[backend]
     if settings.network.mode == "existing":
         if existing_mtu is None:
             return [Finding(stack, "MTU", SKIP, "existingNetwork", "the network reports no MTU")]
-        pods = existing_mtu - FLANNEL_VXLAN_OVERHEAD
+        pods = existing_mtu - overhead
         status = PASS if pods >= MIN_POD_MTU else FAIL
-        return [Finding(stack, "MTU", status, "existingNetwork", f"network MTU {existing_mtu}, pods get {pods}",
+        return [Finding(stack, "MTU", status, "existingNetwork", f"network MTU {existing_mtu}, pods get {pods} ({backend})",
                         "" if status == PASS else f"pods need {MIN_POD_MTU}; use a network of at least "
-                                                  f"{MIN_POD_MTU + FLANNEL_VXLAN_OVERHEAD}")]
+                                                  f"{MIN_POD_MTU + overhead}")]
     mtu = settings.network.mtu
     if mtu is None:
         return [Finding(stack, "MTU", PASS, "mtu", "unset: Neutron picks what the tenant network type carries")]
@@ -188,7 +191,7 @@ def mtu_findings(stack: str, settings: Settings, existing_mtu: Optional[int]) ->
         return [Finding(stack, "MTU", WARN, "mtu", f"{mtu}",
                         f"VXLAN tenant networks carry at most {VXLAN_TENANT_MTU} on a 1500-byte underlay and "
                         "Neutron refuses more; keep it only if this cloud's tenant networks are VLAN or flat")]
-    return [Finding(stack, "MTU", PASS, "mtu", f"{mtu}, pods get {mtu - FLANNEL_VXLAN_OVERHEAD}")]
+    return [Finding(stack, "MTU", PASS, "mtu", f"{mtu}, pods get {mtu - overhead} ({backend})")]
 
 
 def _quantity_mib(quantity: str) -> int:

@@ -13,6 +13,7 @@ from tests.integration.test_lifecycle import GATE_TIMEOUT, LICENCE, _federation_
 MY_ADDRESS = "198.18.0.10"  # what preflight is told this machine's public address is
 ADMIN_RANGE = "198.18.0.0/15"  # benchmarking range: not a documentation range
 PREFIX = "crdb-federation:"
+OTHER_PROJECT = "0123456789abcdef0123456789abcdef"
 
 
 def _edit(project, stack: str, **values) -> None:
@@ -48,6 +49,10 @@ def broken(project):
                                 allocation_pools=[{"start": "192.0.0.2", "end": "192.0.0.3"}])
     private = cloud.network.create_network(name="private-only")
     cloud.network.create_subnet(network_id=private.id, cidr="10.99.0.0/24", ip_version=4)
+    # Another project's network, not shared (the admin may create one for any project ID).
+    foreign = cloud.network.create_network(name="someone-elses", project_id=OTHER_PROJECT, is_shared=False)
+    narrow = cloud.network.create_network(name="narrow", mtu=1300)  # wireguard leaves pods 1220
+    cloud.network.create_subnet(network_id=narrow.id, cidr="198.19.7.0/24", ip_version=4)
     project.select("seed")  # exists, with no outputs yet: what a member's Seed check finds
     project.run("config", "set", "--secret", "crdb-federation:enterpriseLicense", LICENCE, stack="seed")
     _edit(project, "seed", adminCidrs=[ADMIN_RANGE], federationCidrs=[ADMIN_RANGE])
@@ -57,9 +62,11 @@ def broken(project):
     _edit(project, "wind", adminCidrs=[ADMIN_RANGE], externalNetwork="tiny-public")
     _edit(project, "ibm", adminCidrs=[ADMIN_RANGE], existingNetwork="private-only")
     _edit(project, "redhat", adminCidrs=[ADMIN_RANGE], region="Nowhere")
+    _edit(project, "rackspace", adminCidrs=[ADMIN_RANGE], existingNetwork="someone-elses")
+    _edit(project, "vexxhost", adminCidrs=[ADMIN_RANGE], existingNetwork="narrow")
     yield cloud
-    cloud.network.delete_network(tiny, ignore_missing=True)
-    cloud.network.delete_network(private, ignore_missing=True)
+    for network in (tiny, private, foreign, narrow):
+        cloud.network.delete_network(network, ignore_missing=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +95,8 @@ def test_the_seed_passes(every_stack):
     ("wind", "External network", "'tiny-public' has 2 free address(es), 4 needed"),
     ("ibm", "Existing network", "'private-only' has only private subnets 10.99.0.0/24"),
     ("redhat", "Access", "Region Nowhere is not a valid region name"),
+    ("rackspace", "Existing network", "'someone-elses' is neither shared nor this project's"),
+    ("vexxhost", "MTU", "network MTU 1300, pods get 1220 (wireguard-native)"),
     # canonical keeps the shipped placeholders, and its seed has no outputs.
     ("canonical", "Admin range", f"{MY_ADDRESS} is outside 100.64.0.0/10"),
     ("canonical", "Federation range", "100.64.0.0/10 is not public"),
