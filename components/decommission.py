@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ import pulumi.dynamic as dynamic
 
 from .cluster import UNKNOWN_CLOUD, Node, read_nodes, read_replication_factor
 from .settings import COCKROACH_PORT, COCKROACH_SQL_PORT
+from .tls_files import client_tls_context, write_private
 
 MINIMUM_NODES = 3
 POLL_SECONDS = 10.0
@@ -71,14 +71,6 @@ def plan_decommission(nodes: Sequence[Node], addresses: Sequence[str], replicati
     return targets
 
 
-def _write_private(directory: str, name: str, content: str) -> str:
-    path = os.path.join(directory, name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-    return path
-
-
 class SqlEndpoint:
     """Connects as `node` with the member's node client certificate, verifying the node CA."""
 
@@ -90,7 +82,7 @@ class SqlEndpoint:
 
         seen = []
         with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
-            files = {name: _write_private(directory, name, text) for name, text in (
+            files = {name: write_private(os.path.join(directory, name), text) for name, text in (
                 ("ca.crt", self.ca_pem), ("client.crt", self.cert_pem), ("client.key", self.key_pem))}
             for host in self.hosts:
                 try:
@@ -112,11 +104,8 @@ class KubeApi:
         document = yaml.safe_load(kubeconfig)
         cluster, user = document["clusters"][0]["cluster"], document["users"][0]["user"]
         self.server = cluster["server"].rstrip("/")
-        self.context = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
-            cert = _write_private(directory, "client.crt", base64.b64decode(user["client-certificate-data"]).decode())
-            key = _write_private(directory, "client.key", base64.b64decode(user["client-key-data"]).decode())
-            self.context.load_cert_chain(cert, key)
+        self.context = client_tls_context(*(base64.b64decode(data).decode() for data in (
+            cluster["certificate-authority-data"], user["client-certificate-data"], user["client-key-data"])))
 
     def call(self, method: str, path: str, body: Optional[dict] = None, *, text: bool = False) -> Any:
         data = json.dumps(body).encode() if body is not None else None

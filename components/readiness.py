@@ -9,9 +9,6 @@ depends on the API being ready.
 
 from __future__ import annotations
 
-import os
-import ssl
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +17,8 @@ from typing import Any, Callable, Optional
 import pulumi
 import pulumi.dynamic as dynamic
 
+from .tls_files import client_tls_context
+
 
 class ApiNotReadyError(Exception):
     pass
@@ -27,14 +26,7 @@ class ApiNotReadyError(Exception):
 
 def probe_readyz(url: str, ca_pem: str, cert_pem: str, key_pem: str, *, timeout: float = 10.0) -> tuple[bool, str]:
     """One GET of /readyz with mutual TLS; returns (ready, what was seen)."""
-    context = ssl.create_default_context(cadata=ca_pem)
-    with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
-        cert_path, key_path = os.path.join(directory, "client.crt"), os.path.join(directory, "client.key")
-        for path, content in ((cert_path, cert_pem), (key_path, key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-        context.load_cert_chain(cert_path, key_path)
+    context = client_tls_context(ca_pem, cert_pem, key_pem)
     try:
         with urllib.request.urlopen(url, context=context, timeout=timeout) as response:
             body = response.read(256).decode(errors="replace").strip()
