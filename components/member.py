@@ -15,7 +15,7 @@ from .decommission import Decommission, OwnNodes
 from .kubernetes import ExistingCluster, InPlaceUpgrades, K3sCluster
 from .network import Network
 from .security import SecurityGroups
-from .settings import COCKROACH_PORT, Settings
+from .settings import COCKROACH_PORT, Settings, split_address
 
 
 def node_names(member: str, count: int) -> list[str]:
@@ -78,7 +78,7 @@ class CloudMember(pulumi.ComponentResource):
             private_ips=pulumi.Output.all(*[n.private_ip for n in self.cluster.nodes]),
             # This cloud's own nodes first (their SQL port is open to adminCidrs), then the join list's.
             sql_hosts=pulumi.Output.all(publics, trust.join).apply(lambda v: list(dict.fromkeys(
-                list(v[0]) + [a.rpartition(":")[0].strip("[]") for a in v[1]]))),
+                list(v[0]) + [split_address(a)[0] for a in v[1]]))),
             ca_pem=trust.ca_pem,
             cert_pem=trust.node_client_cert_pem,
             key_pem=trust.node_key_pem,

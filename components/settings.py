@@ -294,11 +294,16 @@ def overlaps(cidr: str, others: Sequence[str]) -> list[str]:
     return [o for o in others if network.overlaps(ipaddress.ip_network(o))]
 
 
+def split_address(address: str) -> tuple[str, str]:
+    """The host (an IPv6 literal without its brackets) and the port of a host:port address."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
 def _is_host_port(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    host, port = split_address(value)
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
         return False
-    host = host.strip("[]")
     return is_ip(host) or _HOST.match(host) is not None
 
 
@@ -484,7 +489,7 @@ def _parse_cockroach(
         r.matching("seedStack", seed_stack, _STACK_NAME, "a full stack name, organization/project/stack")
     joins = r.string_list("joinAddresses")
     for address in joins:
-        host = address.rpartition(":")[0].strip("[]")
+        host = split_address(address)[0]
         if not _is_host_port(address):
             r.problem("joinAddresses", address, "host:port entries such as 192.168.10.5:26257")
         elif is_ip(host) and in_documentation_range(host):

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 from rich.live import Live
 
+from components.settings import split_address
+
 from . import preflight, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
 from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names
@@ -209,7 +211,7 @@ def status_command(args: argparse.Namespace, console: Console) -> int:
             outputs = LazyStack(args.seed).outputs()
             if not outputs.get("joinAddresses"):
                 return fail(f"the seed stack '{args.seed}' has no joinAddresses output; bring it up first")
-            host = host or outputs["joinAddresses"][0].rsplit(":", 1)[0]
+            host = host or split_address(outputs["joinAddresses"][0])[0]
             certs = certs or write_client_certs(outputs, Path(scratch))
         try:
             with connect(host, certs) as connection:

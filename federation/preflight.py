@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from components.security import ingress_rules
 from components.settings import (
     COCKROACH_PORT, DOCUMENTATION_RANGES as DOCUMENTATION_CIDRS, NON_PUBLIC_RANGES as NON_PUBLIC_CIDRS, Settings,
-    SettingsError, is_ip, parse_settings,
+    SettingsError, is_ip, parse_settings, split_address,
 )
 
 from . import stack_config
@@ -232,7 +232,7 @@ def federation_findings(stack: str, settings: Settings, peers: Sequence[str]) ->
     if private:
         return [Finding(stack, "Federation range", FAIL, "federationCidrs", f"{', '.join(private)} is not public",
                         "list the other clouds' node addresses (python -m federation ranges prints them)")]
-    hosts = [a.rpartition(":")[0].strip("[]") for a in peers]
+    hosts = [split_address(a)[0] for a in peers]
     outside = [h for h in hosts if is_ip(h) and not any(
         ipaddress.ip_address(h) in ipaddress.ip_network(c) for c in cidrs
         if ipaddress.ip_network(c).version == ipaddress.ip_address(h).version)]
@@ -417,9 +417,9 @@ def seed_findings(stack: str, settings: Settings, seed_outputs: Callable[[str], 
 
 def _probe_all(addresses: Sequence[str], timeout: float) -> list[bool]:
     def probe(address: str) -> bool:
-        host, _, port = address.rpartition(":")
+        host, port = split_address(address)
         try:
-            with socket.create_connection((host.strip("[]"), int(port or COCKROACH_PORT)), timeout=timeout):
+            with socket.create_connection((host, int(port or COCKROACH_PORT)), timeout=timeout):
                 return True
         except OSError:
             return False
