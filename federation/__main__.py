@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 from rich.live import Live
 
-from components.settings import split_address
+from components.settings import COCKROACH_SQL_PORT, split_address
 
 from . import preflight, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
@@ -217,7 +217,7 @@ def status_command(args: argparse.Namespace, console: Console) -> int:
             with connect(host, certs) as connection:
                 render(collect(connection), console)
         except Exception as error:  # a clear message, not a traceback
-            return fail(f"cannot query the federation at {host}:26257: {error}")
+            return fail(f"cannot query the federation at {host}:{COCKROACH_SQL_PORT}: {error}")
     return 0
 
 
