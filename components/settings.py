@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pulumi
 
@@ -276,17 +276,20 @@ def is_world(cidr: str) -> bool:
     return is_cidr(cidr) and ipaddress.ip_network(cidr).prefixlen == 0
 
 
-def in_documentation_range(cidr_or_ip: str) -> bool:
+def within(cidr_or_ip: str, ranges: Iterable[str]) -> bool:
+    """An address, or a whole range, inside one of `ranges`."""
     network = ipaddress.ip_network(cidr_or_ip, strict=False)
-    return any(network.version == doc.version and network.subnet_of(doc)
-               for doc in map(ipaddress.ip_network, DOCUMENTATION_RANGES))
+    return any(network.version == other.version and network.subnet_of(other)
+               for other in map(ipaddress.ip_network, ranges))
+
+
+def in_documentation_range(cidr_or_ip: str) -> bool:
+    return within(cidr_or_ip, DOCUMENTATION_RANGES)
 
 
 def is_non_public(cidr_or_ip: str) -> bool:
     """Inside a range no other cloud can reach (private ranges are reused by every cloud)."""
-    network = ipaddress.ip_network(cidr_or_ip, strict=False)
-    return any(network.version == other.version and network.subnet_of(other)
-               for other in map(ipaddress.ip_network, NON_PUBLIC_RANGES))
+    return within(cidr_or_ip, NON_PUBLIC_RANGES)
 
 
 def overlaps(cidr: str, others: Sequence[str]) -> list[str]:

@@ -25,15 +25,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from components.security import ingress_rules
 from components.settings import (
-    COCKROACH_PORT, DOCUMENTATION_RANGES as DOCUMENTATION_CIDRS, NON_PUBLIC_RANGES as NON_PUBLIC_CIDRS, Settings,
-    SettingsError, is_ip, parse_settings, split_address,
+    COCKROACH_PORT, DOCUMENTATION_RANGES, NON_PUBLIC_RANGES, Settings, SettingsError, is_ip, overlaps,
+    parse_settings, split_address, within,
 )
 
 from . import stack_config
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
-DOCUMENTATION_RANGES = tuple(map(ipaddress.ip_network, DOCUMENTATION_CIDRS))
-NON_PUBLIC_RANGES = tuple(map(ipaddress.ip_network, NON_PUBLIC_CIDRS))
 # Bytes each flannel backend adds to a pod packet (flannel's vxlan and wireguard backends).
 FLANNEL_OVERHEAD = {"vxlan": 50, "wireguard-native": 80}
 MIN_POD_MTU = 1280
@@ -148,13 +146,11 @@ def flavor_findings(stack: str, settings: Settings, flavors: dict[str, Optional[
 
 
 def documentation_overlaps(cidrs: Iterable[str]) -> list[str]:
-    return [c for c in cidrs if any(ipaddress.ip_network(c).overlaps(d) for d in DOCUMENTATION_RANGES
-                                    if ipaddress.ip_network(c).version == d.version)]
+    return [c for c in cidrs if overlaps(c, DOCUMENTATION_RANGES)]
 
 
 def is_public(cidr: str) -> bool:
-    network = ipaddress.ip_network(cidr)
-    return not any(network.version == r.version and network.overlaps(r) for r in NON_PUBLIC_RANGES)
+    return not overlaps(cidr, NON_PUBLIC_RANGES)
 
 
 def admin_findings(stack: str, admin_cidrs: Sequence[str], my_address: Optional[str]) -> list[Finding]:
@@ -165,9 +161,7 @@ def admin_findings(stack: str, admin_cidrs: Sequence[str], my_address: Optional[
     if my_address is None:
         return [Finding(stack, "Admin range", SKIP, "adminCidrs", "this machine's public address is unknown",
                         "pass --my-address to check it")]
-    inside = any(ipaddress.ip_address(my_address) in ipaddress.ip_network(c) for c in admin_cidrs
-                 if ipaddress.ip_network(c).version == ipaddress.ip_address(my_address).version)
-    if not inside:
+    if not within(my_address, admin_cidrs):
         return [Finding(stack, "Admin range", FAIL, "adminCidrs", f"{my_address} is outside {', '.join(admin_cidrs)}",
                         f"add {my_address}/32 (or your range): pulumi up reaches the Kubernetes API from here")]
     return [Finding(stack, "Admin range", PASS, "adminCidrs", f"{my_address} is inside")]
@@ -233,9 +227,7 @@ def federation_findings(stack: str, settings: Settings, peers: Sequence[str]) ->
         return [Finding(stack, "Federation range", FAIL, "federationCidrs", f"{', '.join(private)} is not public",
                         "list the other clouds' node addresses (python -m federation ranges prints them)")]
     hosts = [split_address(a)[0] for a in peers]
-    outside = [h for h in hosts if is_ip(h) and not any(
-        ipaddress.ip_address(h) in ipaddress.ip_network(c) for c in cidrs
-        if ipaddress.ip_network(c).version == ipaddress.ip_address(h).version)]
+    outside = [h for h in hosts if is_ip(h) and not within(h, cidrs)]
     if outside:
         return [Finding(stack, "Federation range", FAIL, "federationCidrs", f"{', '.join(outside)} outside it",
                         "add the seed's node addresses (python -m federation ranges prints them)")]
