@@ -27,6 +27,9 @@ K3S_DB_DIR = "/var/lib/rancher/k3s/server/db"
 INSTALL_SCRIPT_PATH = "/usr/local/sbin/crdb-federation-install-k3s"
 DATA_VOLUME_SCRIPT_PATH = "/usr/local/sbin/crdb-federation-data-volume"
 METADATA_ADDRESS = "169.254.169.254/32"
+# The raw-table rule that keeps pods (and the node) from the metadata service: set at boot, checked before k3s.
+METADATA_RULE = f"-d {METADATA_ADDRESS} -j DROP"
+METADATA_CHAINS = "PREROUTING OUTPUT"
 # The CA files k3s adopts when present before its first start (relative to K3S_TLS_DIR).
 K3S_CA_FILES = (
     "server-ca", "client-ca", "request-header-ca", "etcd/peer-ca", "etcd/server-ca",
@@ -128,8 +131,8 @@ def render_install_script(kubernetes: KubernetesSettings, *, is_server: bool, no
         "fail() { echo \"crdb-federation: $*\" >&2; exit 1; }",
         "command -v curl >/dev/null 2>&1 || fail 'curl is required on the image'",
         # Pods must never read this node's user data (it holds the cluster CA keys on the server).
-        f"for chain in PREROUTING OUTPUT; do",
-        f"  iptables -w -t raw -C \"$chain\" -d {METADATA_ADDRESS} -j DROP 2>/dev/null ||"
+        f"for chain in {METADATA_CHAINS}; do",
+        f"  iptables -w -t raw -C \"$chain\" {METADATA_RULE} 2>/dev/null ||"
         " fail \"the metadata service is not blocked ($chain); k3s is not installed\"",
         "done",
         # A CockroachDB node stops itself when its clock drifts from its peers'.
@@ -206,9 +209,8 @@ def render_data_volume_script(volume_id: str, *, is_server: bool) -> str:
 def metadata_block_command() -> list[str]:
     """bootcmd (every boot, before k3s): drop traffic to the metadata service from pods and the node. The
     node boots from a config drive, so nothing on it needs the metadata service after cloud-init read it."""
-    rule = f"-d {METADATA_ADDRESS} -j DROP"
-    return ["sh", "-c", f"for chain in PREROUTING OUTPUT; do iptables -w -t raw -C \"$chain\" {rule} 2>/dev/null"
-                        f" || iptables -w -t raw -I \"$chain\" {rule}; done"]
+    return ["sh", "-c", f"for chain in {METADATA_CHAINS}; do iptables -w -t raw -C \"$chain\" {METADATA_RULE} 2>/dev/null"
+                        f" || iptables -w -t raw -I \"$chain\" {METADATA_RULE}; done"]
 
 
 def no_proxy_list(kubernetes: KubernetesSettings, network_cidr: str) -> tuple[str, ...]:
