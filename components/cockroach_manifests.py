@@ -235,8 +235,10 @@ def replication_statement(factor: str) -> str:
 def render_cluster_settings_script(host: str, pinned_factor: int) -> str:
     """Re-runnable (a CronJob): the licence and organisation from the mounted secret, and the default
     replication factor, pinned or following the clouds present."""
-    def sql(statement: str) -> str:
-        return _client_command("sql", _host(host, COCKROACH_SQL_PORT), "--format=csv", f"--execute={statement}")
+    def sql(*words: str) -> str:
+        return _client_command("sql", _host(host, COCKROACH_SQL_PORT), *words)
+
+    # An --execute that needs the shell's expansions is appended to `sql()` unquoted.
 
     lines = [
         "#!/bin/bash",
@@ -246,7 +248,7 @@ def render_cluster_settings_script(host: str, pinned_factor: int) -> str:
         'licence=$(cat "$licence_dir/license")',
         # Single quotes inside SQL string literals are doubled.
         "quote() { printf \"'%s'\" \"${1//\\'/\\'\\'}\"; }",
-        f'{_client_command("sql", _host(host, COCKROACH_SQL_PORT))} '
+        f'{sql()} '
         '--execute="SET CLUSTER SETTING cluster.organization = $(quote "$organisation");" '
         '--execute="SET CLUSTER SETTING enterprise.license = $(quote "$licence");"',
     ]
@@ -254,12 +256,12 @@ def render_cluster_settings_script(host: str, pinned_factor: int) -> str:
         lines.append(f"factor={int(pinned_factor)}")
     else:
         lines += [
-            f"clouds=$({sql(clouds_query())} | tail -n 1)",
+            f"clouds=$({sql('--format=csv', f'--execute={clouds_query()}')} | tail -n 1)",
             f'if [ "$clouds" -ge {CLOUDS_FOR_FIVE_REPLICAS} ]; then factor=5; else factor=3; fi',
             'echo "clouds present: ${clouds}; default replication factor: ${factor}"',
         ]
     lines += [
-        _client_command("sql", _host(host, COCKROACH_SQL_PORT)) + f' --execute="{replication_statement("${factor}")}"',
+        sql() + f' --execute="{replication_statement("${factor}")}"',
         "",
     ]
     return "\n".join(lines)
@@ -406,11 +408,12 @@ def render_daemonset(spec: CockroachSpec, *, await_ready: bool = True) -> dict[s
     }
 
 
-def _client_pod(spec: CockroachSpec, name: str, script: str, extra_volumes: tuple[tuple[str, str, str], ...] = ()
-                ) -> dict[str, Any]:
-    """The pod of a seed client job, running with the root client certificate (and extra secrets)."""
+def _client_pod(image: str, name: str, script: str, extra_volumes: tuple[tuple[str, str, str], ...] = (),
+                certificates: str = CLIENT_SECRET) -> dict[str, Any]:
+    """The pod of a client job: the seed's run with the root client certificate (and extra secrets), a
+    member's decommissioning with its node certificates."""
     mounts = [{"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}]
-    volumes = [_secret_volume("certs", CLIENT_SECRET)]
+    volumes = [_secret_volume("certs", certificates)]
     for volume, secret, path in extra_volumes:
         mounts.append({"name": volume, "mountPath": path, "readOnly": True})
         volumes.append(_secret_volume(volume, secret))
@@ -420,7 +423,7 @@ def _client_pod(spec: CockroachSpec, name: str, script: str, extra_volumes: tupl
             "restartPolicy": "OnFailure",
             "containers": [{
                 "name": name,
-                "image": spec.image,
+                "image": image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["/bin/bash", "-c", script],
                 "securityContext": {"allowPrivilegeEscalation": False},
@@ -437,13 +440,13 @@ def render_job(spec: CockroachSpec, name: str, script: str) -> dict[str, Any]:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _meta(spec, name),
-        "spec": {"backoffLimit": 6, "template": _client_pod(spec, name, script)},
+        "spec": {"backoffLimit": 6, "template": _client_pod(spec.image, name, script)},
     }
 
 
 def render_cluster_settings_cron_job(spec: CockroachSpec, host: str, pinned_factor: int) -> dict[str, Any]:
     name = "cluster-settings"
-    pod = _client_pod(spec, name, render_cluster_settings_script(host, pinned_factor),
+    pod = _client_pod(spec.image, name, render_cluster_settings_script(host, pinned_factor),
                       (("licence", LICENCE_SECRET, "/etc/crdb-federation/licence"),))
     return {
         "apiVersion": "batch/v1",
@@ -471,21 +474,8 @@ def render_decommission_job(namespace: str, image: str, name: str, node_ids: Seq
         "spec": {
             "backoffLimit": 3,
             "activeDeadlineSeconds": int(timeout_seconds),
-            "template": {
-                "metadata": {"labels": dict(LABELS)},
-                "spec": {
-                    "restartPolicy": "OnFailure",
-                    "containers": [{
-                        "name": "decommission",
-                        "image": image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": ["/bin/bash", "-c", "set -euo pipefail\n" + command + "\n"],
-                        "securityContext": {"allowPrivilegeEscalation": False},
-                        "volumeMounts": [{"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}],
-                    }],
-                    "volumes": [_secret_volume("certs", NODE_SECRET)],
-                },
-            },
+            "template": _client_pod(image, "decommission", "set -euo pipefail\n" + command + "\n",
+                                    certificates=NODE_SECRET),
         },
     }
 
