@@ -30,12 +30,12 @@ class Seed:
     """What only the seed has: the authority, the members it admitted, the federation's join list."""
 
     def __init__(self, name: str, settings: Settings, identity: NodeIdentity, own_public: pulumi.Output[list[str]],
-                 own_private: pulumi.Output[list[str]], opts: pulumi.ResourceOptions):
+                 own_private: pulumi.Output[list[str]], own_join: pulumi.Output[list[str]], opts: pulumi.ResourceOptions):
+        """`own_join`: the seed's nodes' public RPC addresses."""
         c = settings.cockroach
         own_ca = (c.ca_certificate, c.ca_private_key) if c.ca_certificate else None
         self.authority = FederationAuthority(f"{name}-authority", own_ca=own_ca, opts=opts)
         own = self.authority.sign(f"{name}-own", identity.requests)
-        own_join = own_public.apply(lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips])
         self.admissions = MemberAdmissions(
             f"{name}-admissions", seed_member=c.member, seed_ips=pulumi.Output.all(own_public, own_private).apply(
                 lambda v: v[0] + v[1]), seed_join=own_join, member_stacks=c.members, authority=self.authority,
@@ -114,9 +114,10 @@ class CockroachNodes(pulumi.ComponentResource):
         self.locality = m.locality(c.member, settings.openstack.region, settings.openstack.availability_zone)
         self.identity = NodeIdentity(f"{name}-identity", dns_names=m.node_certificate_dns_names(c.namespace),
                                      ip_addresses=addresses.apply(m.node_certificate_ips), opts=child)
+        self.join_addresses = publics.apply(lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips])
         self.seed = None
         if c.is_seed:
-            self.seed = Seed(name, settings, self.identity, publics, privates, child)
+            self.seed = Seed(name, settings, self.identity, publics, privates, self.join_addresses, child)
             trust = self.seed.trust
         else:
             trust = member_trust(settings, self.identity, child)
@@ -161,7 +162,6 @@ class CockroachNodes(pulumi.ComponentResource):
         if self.seed is not None:
             self.init_job = self._seed_jobs(name, settings, spec, privates, in_namespace)
 
-        self.join_addresses = publics.apply(lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips])
         first_public = publics.apply(lambda ips: ips[0])
         self.sql_url = first_public.apply(m.sql_url)
         self.admin_ui_url = first_public.apply(m.admin_ui_url)

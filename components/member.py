@@ -74,7 +74,7 @@ class CloudMember(pulumi.ComponentResource):
         addresses = [n.public_ip.apply(lambda ip: f"{ip}:{COCKROACH_PORT}") for n in self.cluster.nodes]
         publics = pulumi.Output.all(*[n.public_ip for n in self.cluster.nodes])
         own = OwnNodes(
-            addresses=pulumi.Output.all(*addresses),
+            addresses=self.cockroach.join_addresses,
             private_ips=pulumi.Output.all(*[n.private_ip for n in self.cluster.nodes]),
             # This cloud's own nodes first (their SQL port is open to adminCidrs), then the join list's.
             sql_hosts=pulumi.Output.all(publics, trust.join).apply(lambda v: list(dict.fromkeys(
