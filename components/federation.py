@@ -141,6 +141,17 @@ class AdmissionError(pulumi.RunError):
     """The seed refuses to sign what a member asked for."""
 
 
+def _ip_sans(extensions: Any) -> list[str]:
+    """The IP addresses among a certificate's or a request's subject alternative names."""
+    from cryptography import x509
+
+    try:
+        sans = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+
+
 def request_addresses(request_pem: str) -> tuple[str, list[str]]:
     """The common name and the IP addresses a PEM certificate request asks for."""
     from cryptography import x509
@@ -148,12 +159,7 @@ def request_addresses(request_pem: str) -> tuple[str, list[str]]:
 
     request = x509.load_pem_x509_csr(request_pem.encode())
     names = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    try:
-        sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        ips = []
-    return (names[0].value if names else ""), ips
+    return (names[0].value if names else ""), _ip_sans(request.extensions)
 
 
 def covers(certificate_pem: Optional[str], *ips: str) -> bool:
@@ -162,12 +168,7 @@ def covers(certificate_pem: Optional[str], *ips: str) -> bool:
         return False
     from cryptography import x509
 
-    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
-    try:
-        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    named = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    named = set(_ip_sans(x509.load_pem_x509_certificate(certificate_pem.encode()).extensions))
     return all(ip in named for ip in ips)
 
 
