@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the pinned Pulumi CLI into a cache outside the repo, keyed by version, and prints the
-# directory to put on PATH. A second run finds the cache and takes well under a second.
+# directory to put on PATH: that one line is all it writes on stdout (every message goes to stderr), so
+# `bin=$(scripts/install-pulumi.sh)` works on a fresh machine's first run. A second run finds the cache and
+# takes well under a second.
 #
 #   eval "$(scripts/install-pulumi.sh --env)"   # PATH for this shell
 #
@@ -25,7 +27,7 @@ bin="$cache/bin"
 want_env=false
 [ "${1:-}" = "--env" ] && want_env=true
 
-say() { $want_env && echo "$*" >&2 || echo "$*"; }
+say() { echo "$*" >&2; }
 done_() {
   if $want_env; then echo "export PATH=\"$bin:\$PATH\""; else echo "$bin"; fi
   exit 0
@@ -59,13 +61,13 @@ say "release archive unreachable: building Pulumi v$PULUMI_VERSION from the Go m
 (
   cd "$work"
   export GOFLAGS=-mod=mod GOWORK=off
-  go mod init crdb-federation/pulumi-cli >/dev/null 2>&1
+  go mod init crdb-federation/pulumi-cli
   go mod edit -replace "$CLIPBOARD_REPLACE"
-  go get "github.com/pulumi/pulumi/pkg/v3@v$PULUMI_VERSION" "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION" >&2
+  go get "github.com/pulumi/pulumi/pkg/v3@v$PULUMI_VERSION" "github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION"
   go build -trimpath -o "$work/out/pulumi" \
     -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION" \
-    github.com/pulumi/pulumi/pkg/v3/cmd/pulumi >&2
-)
+    github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
+) >&2
 mkdir -p "$bin"
 mv "$work/out/pulumi" "$bin/pulumi"
 "$bin/pulumi" version >&2

@@ -9,7 +9,7 @@ from tests.validators import assert_shellcheck_clean
 
 
 def test_scripts_pass_shellcheck():
-    for script in ("scripts/up.sh", "scripts/test.sh", "scripts/bench.sh", ".ci/run", "scripts/install-pulumi.sh",
+    for script in ("scripts/up.sh", "scripts/test.sh", "scripts/bench.sh", ".ci/run", "scripts/install-pulumi.sh", "scripts/install-kubernetes.sh",
                    "tests/integration/localcloud/localcloud.sh"):
         assert_shellcheck_clean((ROOT / script).read_text(), "bash")
 
@@ -50,3 +50,61 @@ def test_missing_credentials_name_the_cloud_and_where_to_put_them(tmp_path):
 
 def test_credentials_found_in_clouds_yaml(tmp_path):
     assert run_check(tmp_path, "clouds:\n  vexxhost:\n    auth: {}\n").returncode == 0
+
+
+# A stand-in for `go` that builds nothing: it writes each binary a build would make (a script answering
+# `version`/`--version`) and, like the real go command, chatters on stdout, so a message that leaks from an
+# installer onto stdout shows up in what the caller would put on PATH.
+FAKE_GO = r"""#!/bin/bash
+[ "$1 $2" = "env GOMODCACHE" ] && { echo "$FAKE_MODCACHE"; exit 0; }
+echo "go: chatter on stdout from: go $*"
+case "$1 $2" in
+  "mod download")
+    mkdir -p "$FAKE_MODCACHE/cache/download/k8s.io/kubernetes/@v"
+    printf 'replace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n)\n' \
+      > "$FAKE_MODCACHE/cache/download/k8s.io/kubernetes/@v/v1.35.4.mod" ;;
+esac
+binary() { printf '#!/bin/sh\necho v3.259.0\necho Kubernetes v1.35.4\n' > "$1"; chmod +x "$1"; }
+if [ "$1" = build ]; then
+  shift; out=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -o) out=$2; shift ;;
+      -trimpath|-ldflags) [ "$1" = -ldflags ] && shift ;;
+      *) if [ "${out%/}" != "$out" ]; then mkdir -p "$out"; binary "$out/${1##*/}"; fi ;;
+    esac
+    shift
+  done
+  [ "${out%/}" = "$out" ] && { mkdir -p "$(dirname "$out")"; binary "$out"; }
+fi
+if [ "$1" = install ]; then
+  module=${!#}; module=${module%@*}; binary "$GOBIN/${module##*/}"
+fi
+exit 0
+"""
+
+
+def cold_install(tmp_path, script: str):
+    """Runs an installer on an empty tools cache with no network (curl fails) and the fake go."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir(parents=True)
+    for name, text in (("go", FAKE_GO), ("curl", "#!/bin/sh\nexit 6\n"), ("gcc", "#!/bin/sh\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    cache = tmp_path / "cache"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "CRDB_TOOLS_CACHE": str(cache),
+           "FAKE_MODCACHE": str(tmp_path / "modcache")}
+    return [subprocess.run(["bash", str(ROOT / script)], env=env, capture_output=True, text=True)
+            for _ in range(2)], cache
+
+
+def test_installers_print_only_their_bin_directory_on_a_cold_cache(tmp_path):
+    # A first run on a fresh machine must give the caller exactly what it puts on PATH (test.sh and up.sh do
+    # `bin=$(install...)`); a message on stdout once made every integration test skip on a new machine.
+    for script, expected in (("scripts/install-pulumi.sh", "pulumi/v3.259.0/bin"),
+                             ("scripts/install-kubernetes.sh", "kubernetes/v1.35.4-kine0.17.5-kwok0.8.0/bin")):
+        (first, second), cache = cold_install(tmp_path / script.split("/")[-1], script)
+        for run in (first, second):
+            assert run.returncode == 0, run.stderr
+            assert run.stdout == f"{cache}/{expected}\n", (script, run.stdout)
+        assert "go: chatter" in first.stderr and "go: chatter" not in second.stderr, script
