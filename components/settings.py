@@ -21,7 +21,11 @@ DEFAULT_K3S_VERSION = "v1.35.5+k3s1"
 # kubernetes-validate schema version matching the pinned k3s (tests validate against it).
 KUBERNETES_SCHEMA_VERSION = "1.35.0"
 DEFAULT_COCKROACH_IMAGE = "cockroachdb/cockroach:v26.2.0"
-DEFAULT_K3S_INSTALL_SCRIPT_URL = "https://get.k3s.io"
+# k3s's installer at a commit of k3s-io/k3s (372c8adc, "Update to v1.35.5", release-1.35), and its sha256 as that
+# commit's own install.sh.sha256sum gives it: get.k3s.io serves whatever is newest, unchecked.
+DEFAULT_K3S_INSTALL_SCRIPT_URL = (
+    "https://raw.githubusercontent.com/k3s-io/k3s/372c8adc5892bcd0fdadf1669f4f8fdc638795c0/install.sh")
+DEFAULT_K3S_INSTALL_SCRIPT_SHA256 = "8598e002e61d658fed7b7542fc6d2c66d8da6eae69e088830105d2ee1ffb6d91"
 DEFAULT_K3S_RELEASES_URL = "https://github.com/k3s-io/k3s/releases"
 # Node-to-node RPC only (--listen-addr); SQL clients use COCKROACH_SQL_PORT (--sql-addr).
 COCKROACH_PORT = 26257
@@ -105,6 +109,7 @@ class KubernetesSettings:
     mode: str  # k3s | existing
     k3s_version: str
     k3s_install_script_url: str
+    k3s_install_script_sha256: str
     k3s_releases_url: str
     http_proxy: Optional[str]
     no_proxy: tuple[str, ...]
@@ -347,6 +352,10 @@ def parse_settings(
     network = _parse_network(r)
     kubernetes = _parse_kubernetes(r, secrets, network)
     cockroach, warnings = _parse_cockroach(r, secrets, stack, node_count, kubernetes, preview)
+    if kubernetes.mode == "k3s" and kubernetes.http_proxy and not kubernetes.ntp_servers:
+        warnings.append(f"{PROJECT}:ntpServers is empty while httpProxy is set: NTP does not pass an HTTP proxy, "
+                        "and a node whose clock does not synchronise installs no k3s; list NTP servers this cloud "
+                        "reaches")
 
     if r.problems:
         raise SettingsError(r.problems)
@@ -405,6 +414,9 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network:
     version = r.string("k3sVersion", DEFAULT_K3S_VERSION)
     r.matching("k3sVersion", version, _K3S_VERSION, "a pinned k3s release such as v1.35.5+k3s1")
     script_url = r.string("k3sInstallScriptUrl", DEFAULT_K3S_INSTALL_SCRIPT_URL)
+    script_sha256 = r.string("k3sInstallScriptSha256", DEFAULT_K3S_INSTALL_SCRIPT_SHA256)
+    r.matching("k3sInstallScriptSha256", script_sha256, re.compile(r"^[0-9a-f]{64}$"),
+               "the sha256 of the script at k3sInstallScriptUrl, 64 lower-case hex digits (sha256sum install.sh)")
     releases_url = r.string("k3sReleasesUrl", DEFAULT_K3S_RELEASES_URL)
     proxy = r.string("httpProxy")
     for key, url in (("k3sInstallScriptUrl", script_url), ("k3sReleasesUrl", releases_url), ("httpProxy", proxy)):
@@ -442,6 +454,7 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network:
         mode=mode,
         k3s_version=version,
         k3s_install_script_url=script_url,
+        k3s_install_script_sha256=script_sha256,
         k3s_releases_url=releases_url,
         http_proxy=proxy,
         no_proxy=no_proxy,
@@ -576,7 +589,7 @@ CONFIG_KEYS = (
     "cloud", "region", "availabilityZone", "image", "serverFlavor", "agentFlavor", "nodeCount", "bootVolumeSize",
     "dataVolumeSize", "dataVolumeType", "sshPublicKey", "networkMode", "networkCidr", "dnsServers", "mtu",
     "externalNetwork", "existingNetwork", "publicAddressing", "adminCidrs", "federationCidrs", "sqlCidrs",
-    "kubernetesMode", "k3sVersion", "k3sInstallScriptUrl", "k3sReleasesUrl", "httpProxy", "noProxy", "ntpServers",
+    "kubernetesMode", "k3sVersion", "k3sInstallScriptUrl", "k3sInstallScriptSha256", "k3sReleasesUrl", "httpProxy", "noProxy", "ntpServers",
     "osUpgradeVersion",
     "apiReadyTimeout", "existingNodes", "role", "memberName", "clusterName", "cockroachImage", "cockroachMemory",
     "cockroachCpu", "namespace", "seedStack", "joinAddresses", "replicationFactor", "members",

@@ -1,6 +1,7 @@
 """k3s user data: valid for cloud-init's own schema, shellcheck-clean, executed where it runs commands,
 with the flags and protections the design requires."""
 
+import base64
 import hashlib
 import subprocess
 
@@ -9,9 +10,10 @@ import yaml
 
 from components.cloudinit import (
     DATA_VOLUME_SCRIPT_PATH, INSTALL_SCRIPT_PATH, K3S_CA_FILES, K3S_CONFIG_PATH, K3S_NODE_PASSWORD_PATH, K3S_TLS_DIR,
-    NOVA_USER_DATA_LIMIT, K3sJoin, K3sNode, agent_join_token, metadata_block_command, render_data_volume_script,
-    render_install_script, render_user_data,
+    KUBELET_DROPIN_PATH, LOGIND_DROPIN_PATH, NOVA_USER_DATA_LIMIT, K3sJoin, K3sNode, agent_join_token,
+    metadata_block_command, render_data_volume_script, render_install_script, render_user_data,
 )
+from components.cockroach_manifests import HOST_DATA_MOUNT
 from components.cockroach_manifests import NODE_LABEL
 from components.settings import parse_settings
 from tests.test_settings import VALID
@@ -59,6 +61,8 @@ def test_scripts_pass_shellcheck():
             script = render_install_script(kubernetes(**proxy), is_server=is_server, no_proxy=("localhost", ".internal"))
             assert_shellcheck_clean(script, "sh")
         assert_shellcheck_clean(render_data_volume_script(VOLUME, is_server=is_server), "sh")
+        assert_shellcheck_clean(render_install_script(kubernetes(), is_server=is_server, no_proxy=(),
+                                                      data_mount=HOST_DATA_MOUNT), "sh")
     assert_shellcheck_clean(metadata_block_command()[2], "sh")
 
 
@@ -82,11 +86,18 @@ def test_server_has_ca_files_flags_and_chrony():
     assert config["node-label"] == [f"{NODE_LABEL}=true"]
     assert config["flannel-backend"] == "vxlan"
     assert "server" not in config
-    assert document["runcmd"] == [[DATA_VOLUME_SCRIPT_PATH], [INSTALL_SCRIPT_PATH]]
+    # k3s hands kubelet-args to the kubelet as flags; the graceful-shutdown settings are not flags.
+    assert "kubelet-arg" not in config
+    assert KUBELET_DROPIN_PATH in files and LOGIND_DROPIN_PATH in files
+    # One runcmd entry: cloud-init runs runcmd as one sh script without `set -e` (cc_runcmd.py, shellify).
+    assert document["runcmd"] == [["sh", "-c", f"{DATA_VOLUME_SCRIPT_PATH} && exec {INSTALL_SCRIPT_PATH}"]]
+    assert files["/etc/systemd/system/k3s.service.d/10-crdb-federation-data.conf"]["content"] == (
+        f"[Unit]\nRequiresMountsFor={HOST_DATA_MOUNT}\n")
 
 
 def test_agent_gets_only_the_pinned_agent_token_and_no_ca_keys():
     _, files = files_of(agent_user_data())
+    assert "/etc/systemd/system/k3s-agent.service.d/10-crdb-federation-data.conf" in files
     assert not [p for p in files if p.startswith(K3S_TLS_DIR)]
     config = yaml.safe_load(files[K3S_CONFIG_PATH]["content"])
     assert config["server"] == "https://10.20.0.10:6443"
@@ -140,16 +151,27 @@ def test_the_metadata_service_is_blocked_on_every_boot_idempotently(tmp_path):
     assert lines.count("-t raw -I PREROUTING -d 169.254.169.254/32 -j DROP") == 1
 
 
-def run_install_script(script, tmp_path, *, metadata_blocked=True, chrony="active"):
-    """Runs the script with fake curl/iptables/systemctl/chronyc; its 'installer' records the environment."""
-    record = tmp_path / "installer-env"
+INSTALLER_RECORD = "installer-env"
+
+
+def fake_installer(url: str, record) -> str:
+    """What the fake curl below downloads: a script that records the URL and its environment."""
+    return f"echo URL={url} > {record}; env >> {record}\n"
+
+
+def run_install_script(script, tmp_path, *, metadata_blocked=True, chrony="active", synchronised=True,
+                       mounted=True):
+    """Runs the script with fake curl/iptables/systemctl/chronyc/mountpoint and the real sha256sum; its
+    'installer' records the environment."""
+    record = tmp_path / INSTALLER_RECORD
     bin_dir = fake_bin(
         tmp_path,
         curl=('while [ "$#" -gt 0 ]; do case "$1" in -o) out=$2; shift ;; -*) ;; *) url=$1 ;; esac; shift; done\n'
               f'printf "echo URL=%s > {record}; env >> {record}\\n" "$url" > "$out"'),
         iptables="exit 0" if metadata_blocked else "exit 1",
         systemctl="exit 0" if chrony == "active" else "exit 3",
-        chronyc="exit 0",
+        chronyc="exit 0" if synchronised else "exit 1",
+        mountpoint="exit 0" if mounted else "exit 1",
     )
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
     result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
@@ -159,10 +181,17 @@ def run_install_script(script, tmp_path, *, metadata_blocked=True, chrony="activ
     return result, dict(line.split("=", 1) for line in lines if "=" in line)
 
 
+def pinned_to_fake(tmp_path, url, **overrides):
+    """Settings whose install-script pin is the fake installer's sha256 (the real sha256sum checks it)."""
+    digest = hashlib.sha256(fake_installer(url, tmp_path / INSTALLER_RECORD).encode()).hexdigest()
+    return {"k3sInstallScriptUrl": url, "k3sInstallScriptSha256": digest, **overrides}
+
+
 def test_install_script_runs_pinned_installer_with_mirror_and_proxy(tmp_path):
-    _, files = files_of(server_user_data(
+    _, files = files_of(server_user_data(**pinned_to_fake(
+        tmp_path, "https://mirror.example/install.sh",
         httpProxy="http://proxy.example:3128", k3sReleasesUrl="https://mirror.example/k3s/releases",
-        k3sInstallScriptUrl="https://mirror.example/install.sh", noProxy='[".corp.example"]'))
+        noProxy='[".corp.example"]', ntpServers='["ntp.example"]')))
     result, seen = run_install_script(files[INSTALL_SCRIPT_PATH]["content"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert seen["URL"] == "https://mirror.example/install.sh"
@@ -175,73 +204,55 @@ def test_install_script_runs_pinned_installer_with_mirror_and_proxy(tmp_path):
         assert entry in no_proxy
 
 
-@pytest.mark.parametrize("blocked, chrony, expected", [
-    (False, "active", "the metadata service is not blocked"),
-    (True, "inactive", "chrony is not running"),
+@pytest.mark.parametrize("problem, expected", [
+    ({"metadata_blocked": False}, "the metadata service is not blocked"),
+    ({"chrony": "inactive"}, "chrony is not running"),
+    ({"synchronised": False}, "the clock is not synchronised after 5 minutes; set crdb-federation:ntpServers"),
+    ({"mounted": False}, f"the data volume is not mounted at {HOST_DATA_MOUNT}; k3s is not installed"),
 ])
-def test_install_script_refuses_a_node_unfit_for_cockroachdb(tmp_path, blocked, chrony, expected):
-    _, files = files_of(agent_user_data())
-    result, seen = run_install_script(files[INSTALL_SCRIPT_PATH]["content"], tmp_path, metadata_blocked=blocked,
-                                      chrony=chrony)
-    assert result.returncode == 1 and expected in result.stderr and not seen
+def test_install_script_refuses_a_node_unfit_for_cockroachdb(tmp_path, problem, expected):
+    _, files = files_of(agent_user_data(**pinned_to_fake(tmp_path, "https://get.example/install.sh")))
+    result, seen = run_install_script(files[INSTALL_SCRIPT_PATH]["content"], tmp_path, **problem)
+    assert result.returncode == 1 and expected in result.stderr and not seen, result.stderr
 
 
-def test_agent_install_script_defaults(tmp_path):
-    _, files = files_of(agent_user_data())
+def test_an_install_script_other_than_the_pinned_one_never_runs(tmp_path):
+    _, files = files_of(agent_user_data(k3sInstallScriptUrl="https://get.example/install.sh"))
     result, seen = run_install_script(files[INSTALL_SCRIPT_PATH]["content"], tmp_path)
-    assert seen["URL"] == "https://get.k3s.io"
-    assert seen["INSTALL_K3S_EXEC"] == "agent"
-    assert seen["GITHUB_URL"] == "https://github.com/k3s-io/k3s/releases"
-    assert "HTTP_PROXY" not in seen
+    assert result.returncode == 1 and not seen
+    assert ("the k3s install script at https://get.example/install.sh does not have the pinned sha256 "
+            "8598e002e61d658fed7b7542fc6d2c66d8da6eae69e088830105d2ee1ffb6d91") in result.stderr
 
 
-def run_data_volume_script(tmp_path, *, has_filesystem, is_server=False, attached=True):
-    """Runs the script against a fake /dev/disk/by-id; blkid reports a filesystem or none; mkfs is recorded."""
-    by_id = tmp_path / "by-id"
-    by_id.mkdir()
-    device = tmp_path / "vdb"
-    device.write_text("")
-    if attached:
-        (by_id / f"virtio-{VOLUME[:20]}").symlink_to(device)
-    calls = tmp_path / "calls"
-    state = "present" if has_filesystem else "blank"
-    bin_dir = fake_bin(
-        tmp_path,
-        blkid=(f'if [ "$1" = "-s" ]; then echo 0b9e-uuid; exit 0; fi; '
-               f'[ "$(cat {tmp_path}/fs 2>/dev/null || echo {state})" != blank ]'),
-        **{"mkfs.ext4": f'echo "mkfs $*" >> {calls}; echo present > {tmp_path}/fs'},
-        mountpoint="exit 1",
-        mount=f'echo "mount $*" >> {calls}',
-        sleep="exit 0",
-    )
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "DISK_BY_ID": str(by_id), "DATA_MOUNT": str(tmp_path / "data"),
-           "FSTAB": str(tmp_path / "fstab"), "K3S_DB": str(tmp_path / "k3s" / "server" / "db"), "ATTACH_TIMEOUT": "10"}
-    (tmp_path / "fstab").write_text("")
-    script = render_data_volume_script(VOLUME, is_server=is_server)
-    result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
-    return result, (calls.read_text() if calls.exists() else ""), (tmp_path / "fstab").read_text()
+def test_the_default_install_script_is_pinned_to_a_k3s_commit():
+    # k3s-io/k3s at 372c8adc ("Update to v1.35.5 (#14050)", release-1.35): its install.sh.sha256sum reads
+    # "8598e002e61d658fed7b7542fc6d2c66d8da6eae69e088830105d2ee1ffb6d91  install.sh".
+    script = files_of(agent_user_data())[1][INSTALL_SCRIPT_PATH]["content"]
+    assert ("https://raw.githubusercontent.com/k3s-io/k3s/372c8adc5892bcd0fdadf1669f4f8fdc638795c0/install.sh"
+            in script)
+    assert "echo '8598e002e61d658fed7b7542fc6d2c66d8da6eae69e088830105d2ee1ffb6d91  '\"$installer\"" in script
+    assert "INSTALL_K3S_EXEC=agent" in script and "GITHUB_URL=https://github.com/k3s-io/k3s/releases" in script
+    assert "PROXY" not in script
 
 
-def test_a_blank_data_volume_is_formatted_and_mounted_by_uuid(tmp_path):
-    result, calls, fstab = run_data_volume_script(tmp_path, has_filesystem=False)
-    assert result.returncode == 0, result.stderr
-    assert f"mkfs -q -L crdb-data {tmp_path / 'vdb'}" in calls
-    assert fstab == f"UUID=0b9e-uuid {tmp_path / 'data'} ext4 defaults,nofail,x-systemd.device-timeout=300 0 2\n"
-    assert f"mount {tmp_path / 'data'}" in calls and (tmp_path / "data" / "cockroach").is_dir()
-
-
-def test_a_volume_that_holds_a_store_is_never_formatted(tmp_path):
-    result, calls, _ = run_data_volume_script(tmp_path, has_filesystem=True, is_server=True)
-    assert result.returncode == 0, result.stderr
-    assert "mkfs" not in calls
-    # The server's k3s datastore lives on its data volume too.
-    assert (tmp_path / "k3s" / "server" / "db").resolve() == (tmp_path / "data" / "k3s-db").resolve()
-
-
-def test_a_volume_that_never_attaches_fails_the_boot_clearly(tmp_path):
-    result, calls, _ = run_data_volume_script(tmp_path, has_filesystem=False, attached=False)
-    assert result.returncode == 1 and f"data volume {VOLUME} is not attached" in result.stderr
-    assert "mkfs" not in calls
+def test_the_data_volume_comes_before_k3s_and_k3s_waits_for_its_mount(tmp_path):
+    """The runcmd chain, executed: a failing data-volume script means the installer never runs."""
+    document, _ = files_of(agent_user_data())
+    [[shell, flag, chain]] = document["runcmd"]
+    ran = tmp_path / "ran"
+    scripts = {DATA_VOLUME_SCRIPT_PATH: tmp_path / "data-volume", INSTALL_SCRIPT_PATH: tmp_path / "install"}
+    for outcome in ("exit 1", "exit 0"):
+        scripts[DATA_VOLUME_SCRIPT_PATH].write_text(f"#!/bin/sh\necho data-volume >> {ran}\n{outcome}\n")
+        scripts[INSTALL_SCRIPT_PATH].write_text(f"#!/bin/sh\necho install >> {ran}\n")
+        for path in scripts.values():
+            path.chmod(0o755)
+        command = chain
+        for real, fake in scripts.items():
+            command = command.replace(real, str(fake))
+        ran.unlink(missing_ok=True)
+        subprocess.run([shell, flag, command])
+        steps = ran.read_text().split()
+        assert steps == (["data-volume"] if outcome == "exit 1" else ["data-volume", "install"]), outcome
 
 
 def test_no_proxy_lines_without_proxy():
@@ -251,11 +262,13 @@ def test_no_proxy_lines_without_proxy():
 
 def test_same_input_same_bytes_and_within_nova_limit():
     assert server_user_data() == server_user_data()
-    assert len(server_user_data().encode()) < NOVA_USER_DATA_LIMIT
+    # Nova's schema limits the base64 text (maxLength 65535), not the raw bytes.
+    assert len(base64.b64encode(server_user_data().encode())) < NOVA_USER_DATA_LIMIT
 
 
 def test_oversized_user_data_is_refused():
-    big = {"server-ca.crt": "A" * NOVA_USER_DATA_LIMIT}
-    with pytest.raises(ValueError, match="Nova accepts at most"):
+    # 50 KB of raw user data is under 64 KiB, but its base64 text is over Nova's 65535 characters.
+    big = {"server-ca.crt": "A" * 50_000}
+    with pytest.raises(ValueError, match="characters in base64; Nova accepts at most 65535"):
         render_user_data(K3sNode("n", "10.0.0.1", "10.0.0.1", True), kubernetes=kubernetes(), join=JOIN,
                          server_private_ip="10.0.0.1", network_cidr="10.0.0.0/24", node_password="p", ca_files=big)

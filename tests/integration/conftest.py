@@ -69,6 +69,15 @@ def toolchain() -> str:
 
 
 @pytest.fixture(scope="session")
+def kubernetes_binaries() -> Path:
+    """The k3s stand-in's Kubernetes binaries, built once by the project's own script (cached)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "install-kubernetes.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail("scripts/install-kubernetes.sh could not provide the Kubernetes binaries:\n" + done.stderr[-3000:])
+    return Path(done.stdout.strip())
+
+
+@pytest.fixture(scope="session")
 def local_cloud(toolchain, tmp_path_factory) -> LocalCloud:
     try:
         cloud = start_local_cloud(tmp_path_factory.mktemp("localcloud") / "start.log")
