@@ -30,6 +30,9 @@ pulumi.export("member", settings.cockroach.member)
 pulumi.export("apiEndpoint", cluster.api_endpoint)
 pulumi.export("kubeconfig", cluster.kubeconfig)
 pulumi.export("nodes", [{"name": n.name, "publicIp": n.public_ip, "privateIp": n.private_ip} for n in cluster.nodes])
+if settings.kubernetes.mode == "k3s":
+    # The image its servers boot, pinned at the first deploy (preflight reads it once the name is retired).
+    pulumi.export("imageId", cluster.image_id)
 pulumi.export("joinAddresses", cockroach.join_addresses)
 pulumi.export("sqlUrl", cockroach.sql_url)
 pulumi.export("adminUiUrl", cockroach.admin_ui_url)

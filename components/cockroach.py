@@ -86,10 +86,12 @@ class CockroachNodes(pulumi.ComponentResource):
     join_addresses: pulumi.Output[list[str]]
     sql_url: pulumi.Output[str]
     admin_ui_url: pulumi.Output[str]
-    locality: str
+    locality: pulumi.Output[str]
     daemonset: k8s.apps.v1.DaemonSet
     init_job: Optional[k8s.batch.v1.Job]
     seed: Optional[Seed]
+    # Every Kubernetes object made here: a cloud's decommissioning must come before any of them goes.
+    objects: list[pulumi.CustomResource]
 
     def __init__(
         self,
@@ -97,10 +99,12 @@ class CockroachNodes(pulumi.ComponentResource):
         settings: Settings,
         nodes: Sequence[KubeNode],
         provider: k8s.Provider,
+        zone: pulumi.Input[str],
         opts: Optional[pulumi.ResourceOptions] = None,
         deleted_with: Optional[pulumi.Resource] = None,
     ):
-        """`deleted_with`: the resource whose deletion takes the whole Kubernetes cluster with it."""
+        """`zone`: the availability zone the nodes run in (the locality's zone=); `deleted_with`: the resource
+        whose deletion takes the whole Kubernetes cluster with it."""
         super().__init__("crdb-federation:cockroach:CockroachNodes", name, None, opts)
         c, k = settings.cockroach, settings.kubernetes
         child = pulumi.ResourceOptions(parent=self)
@@ -111,7 +115,8 @@ class CockroachNodes(pulumi.ComponentResource):
 
         addresses = pulumi.Output.all(publics, privates).apply(
             lambda v: tuple(m.NodeAddresses(n, pub, priv) for n, pub, priv in zip(names, v[0], v[1])))
-        self.locality = m.locality(c.member, settings.openstack.region, settings.openstack.availability_zone)
+        zone = pulumi.Output.from_input(zone)
+        self.locality = zone.apply(lambda z: m.locality(c.member, settings.openstack.region, z))
         self.identity = NodeIdentity(f"{name}-identity", dns_names=m.node_certificate_dns_names(c.namespace),
                                      ip_addresses=addresses.apply(m.node_certificate_ips), opts=child)
         self.join_addresses = publics.apply(lambda ips: [f"{ip}:{COCKROACH_PORT}" for ip in ips])
@@ -124,12 +129,12 @@ class CockroachNodes(pulumi.ComponentResource):
         self.trust = trust
 
         # Each node knows whether the certificate the seed signed covers it: one added since waits.
-        spec = pulumi.Output.all(addresses, trust.node_cert_pem, trust.node_client_cert_pem).apply(
+        spec = pulumi.Output.all(addresses, trust.node_cert_pem, trust.node_client_cert_pem, zone).apply(
             lambda v: m.CockroachSpec(
                 namespace=c.namespace,
                 member=c.member,
                 region=settings.openstack.region,
-                zone=settings.openstack.availability_zone,
+                zone=v[3],
                 cluster_name=c.cluster_name,
                 image=c.image,
                 memory=c.memory,
@@ -140,19 +145,21 @@ class CockroachNodes(pulumi.ComponentResource):
                 no_proxy=no_proxy_list(k, settings.network.cidr),
             ))
 
-        namespace = self._apply(k8s.core.v1.Namespace, f"{name}-ns", spec.apply(m.render_namespace), k8s_opts, fields=())
-        in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace]))
+        self.objects = []
+        self.namespace = self._apply(k8s.core.v1.Namespace, f"{name}-ns", spec.apply(m.render_namespace), k8s_opts,
+                                     fields=())
+        in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[self.namespace]))
         self._apply(k8s.core.v1.ConfigMap, f"{name}-addresses", spec.apply(m.render_address_config_map),
                     in_namespace, fields=("data",))
         self._apply(k8s.core.v1.ConfigMap, f"{name}-join", pulumi.Output.all(spec, trust.join).apply(
             lambda v: m.render_join_config_map(v[0], tuple(v[1]))), in_namespace, fields=("data",))
         signed = spec.apply(lambda s: all(n.signed for n in s.nodes))
-        self._secret(name, spec, m.NODE_SECRET, pulumi.Output.all(
+        self.node_secret = self._secret(name, spec, m.NODE_SECRET, pulumi.Output.all(
             trust.ca_pem, trust.client_ca_pem, trust.node_key_pem, trust.node_cert_pem, trust.node_client_cert_pem,
         ).apply(lambda v: node_files(*v)), in_namespace)
         self._apply(k8s.core.v1.Service, f"{name}-public", spec.apply(m.render_public_service), in_namespace)
-        self._apply(k8s.policy.v1.PodDisruptionBudget, f"{name}-pdb", spec.apply(m.render_pod_disruption_budget),
-                    in_namespace)
+        # No PodDisruptionBudget: a budget with maxUnavailable does not apply to a DaemonSet's pods (no scale
+        # subresource; Kubernetes docs, configure-pdb), and drains skip DaemonSet pods anyway.
         self.daemonset = self._apply(
             k8s.apps.v1.DaemonSet, f"{name}-nodes",
             pulumi.Output.all(spec, signed).apply(lambda v: m.render_daemonset(v[0], await_ready=v[1])),
@@ -179,10 +186,16 @@ class CockroachNodes(pulumi.ComponentResource):
         # Init runs once in the life of the cluster: a later spec (a new image, a new address for node 0)
         # must never re-create it. Not after the DaemonSet: its pods become ready only once this has run.
         init = pulumi.Output.all(spec, host).apply(lambda v: m.render_job(v[0], "init", m.render_init_script(v[0], v[1])))
+        # An init that failed (the cluster was not up in time) is replaced by the next `up`, which runs it again:
+        # with `replace_on_changes` "*" the engine replaces a resource that has initialization errors rather
+        # than await it again as an update (step_generator.go applyReplaceOnChanges); its fixed name needs the
+        # old one gone first. Nothing else changes it.
         init_job = k8s.batch.v1.Job(
             f"{name}-init", metadata=init["metadata"], spec=init["spec"],
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
-                ignore_changes=["metadata", "spec"], custom_timeouts=WORKLOAD_TIMEOUTS)))
+                ignore_changes=["metadata", "spec"], replace_on_changes=["*"], delete_before_replace=True,
+                custom_timeouts=WORKLOAD_TIMEOUTS)))
+        self.objects.append(init_job)
         if c.enterprise_license is not None:
             self._secret(name, spec, m.LICENCE_SECRET, pulumi.Output.all(c.enterprise_license).apply(
                 lambda v: {"organization": c.cluster_organization or "", "license": v[0]}), opts)
@@ -192,23 +205,25 @@ class CockroachNodes(pulumi.ComponentResource):
                     pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[init_job])))
         return init_job
 
-    @staticmethod
-    def _apply(kind: type, name: str, manifest: pulumi.Output[dict], opts: pulumi.ResourceOptions,
+    def _apply(self, kind: type, name: str, manifest: pulumi.Output[dict], opts: pulumi.ResourceOptions,
                fields: Sequence[str] = ("spec",)) -> pulumi.CustomResource:
         """Creates a typed Kubernetes resource from a rendered manifest: its metadata and body fields."""
-        return kind(name, metadata=manifest["metadata"], opts=opts, **{field: manifest[field] for field in fields})
+        made = kind(name, metadata=manifest["metadata"], opts=opts, **{field: manifest[field] for field in fields})
+        self.objects.append(made)
+        return made
 
-    @staticmethod
-    def _secret(name: str, spec: pulumi.Output, secret_name: str, files: pulumi.Output[dict[str, str]],
+    def _secret(self, name: str, spec: pulumi.Output, secret_name: str, files: pulumi.Output[dict[str, str]],
                 opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
         manifest = pulumi.Output.all(spec, files).apply(lambda v: m.render_secret(v[0], secret_name, dict(v[1])))
-        return k8s.core.v1.Secret(
+        made = k8s.core.v1.Secret(
             f"{name}-{secret_name}",
             metadata=manifest["metadata"],
             type="Opaque",
             string_data=pulumi.Output.secret(manifest["stringData"]),
             opts=opts,
         )
+        self.objects.append(made)
+        return made
 
 
 def node_files(ca: str, client_ca: str, key: str, cert: Optional[str], client_cert: Optional[str]) -> dict[str, str]:

@@ -132,6 +132,9 @@ def render_start_script(spec: CockroachSpec) -> str:
     return "\n".join([
         "#!/bin/bash",
         "set -euo pipefail",
+        # This shell is the container's PID 1, which ignores a signal it has no handler for: until CockroachDB
+        # runs there is nothing to stop but the shell itself.
+        "trap 'exit 143' TERM INT",
         f'certs="${{CERTS_DIR:-{CERTS_DIR}}}"',
         f'address_file="${{ADDRESS_DIR:-{ADDRESS_DIR}}}/${{NODE_NAME:?NODE_NAME must name the Kubernetes node}}"',
         f'join_file="${{JOIN_DIR:-{JOIN_DIR}}}/join"',
@@ -158,10 +161,14 @@ def render_start_script(spec: CockroachSpec) -> str:
         "  exit 1",
         "fi",
         "fingerprint() { cat \"$certs\"/*.crt | sha256sum; }",
+        # A stop asked for while CockroachDB starts is kept and passed on once its pid is known.
+        "stop=''",
+        "trap 'stop=TERM' TERM INT",
         f'"${{COCKROACH:-{COCKROACH_BIN}}}" {body} &',
         "child=$!",
         # Kubernetes stops the pod with SIGTERM: CockroachDB drains on it, within the grace period.
         "trap 'kill -TERM \"$child\" 2>/dev/null || true' TERM INT",
+        'if [ -n "$stop" ]; then kill -TERM "$child" 2>/dev/null || true; fi',
         "seen=$(fingerprint)",
         "elapsed=0",
         # One-second steps: the container ends as soon as CockroachDB does, and a signal is never held.
@@ -316,15 +323,6 @@ def render_public_service(spec: CockroachSpec) -> dict[str, Any]:
     }
 
 
-def render_pod_disruption_budget(spec: CockroachSpec) -> dict[str, Any]:
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": _meta(spec, APP),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(SELECTOR)}},
-    }
-
-
 def _secret_volume(name: str, secret: str) -> dict[str, Any]:
     return {"name": name, "secret": {"secretName": secret, "defaultMode": READ_ONLY_BY_OWNER}}
 
@@ -409,11 +407,11 @@ def render_daemonset(spec: CockroachSpec, *, await_ready: bool = True) -> dict[s
 
 
 def _client_pod(image: str, name: str, script: str, extra_volumes: tuple[tuple[str, str, str], ...] = (),
-                certificates: str = CLIENT_SECRET) -> dict[str, Any]:
+                certificates: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The pod of a client job: the seed's run with the root client certificate (and extra secrets), a
-    member's decommissioning with its node certificates."""
+    member's decommissioning with its node certificates (`certificates`: that secret volume)."""
     mounts = [{"name": "certs", "mountPath": CERTS_DIR, "readOnly": True}]
-    volumes = [_secret_volume("certs", certificates)]
+    volumes = [certificates or _secret_volume("certs", CLIENT_SECRET)]
     for volume, secret, path in extra_volumes:
         mounts.append({"name": volume, "mountPath": path, "readOnly": True})
         volumes.append(_secret_volume(volume, secret))
@@ -462,11 +460,30 @@ def render_cluster_settings_cron_job(spec: CockroachSpec, host: str, pinned_fact
     }
 
 
+# `cockroach node decommission` talks gRPC as the CLI's user, always root (pkg/base/config.go defaultUser; its
+# --user is not used for the RPC connection, cockroachdb/cockroach#64106), so it loads client.root.crt. A member
+# holds no root certificate: its client.node.crt is mounted under that name and --cert-principal-map maps the
+# certificate's CN=node to root for the client's own check (security/certificate_loader.go). The server sees
+# CN=node, which may run node RPCs (rpc/auth.go checkRootOrNodeInScope).
+DECOMMISSION_CERTS = {"ca.crt": "ca.crt", "client.node.crt": "client.root.crt", "client.node.key": "client.root.key"}
+
+
+def decommission_command(node_ids: Sequence[int], host: str, cluster_name: Optional[str]) -> str:
+    """The command line, every flag as the v26 docs list it for `cockroach node decommission` (cockroach-node:
+    --host, --certs-dir, --cluster-name or --disable-cluster-name-verification, --cert-principal-map; --wait)."""
+    name = [f"--cluster-name={cluster_name}"] if cluster_name else ["--disable-cluster-name-verification"]
+    return _client_command("node", "decommission", *[str(i) for i in node_ids], f"--host={host}", *name,
+                           "--cert-principal-map=node:root", "--wait=all")
+
+
 def render_decommission_job(namespace: str, image: str, name: str, node_ids: Sequence[int], host: str,
-                            timeout_seconds: int) -> dict[str, Any]:
-    """Decommissions nodes through a live node's RPC port as user `node`, with the member's own node
-    certificates, and waits until their replicas have moved and they are `decommissioned`."""
-    command = _client_command("node", "decommission", *[str(i) for i in node_ids], f"--host={host}", "--wait=all")
+                            timeout_seconds: int, cluster_name: Optional[str]) -> dict[str, Any]:
+    """Decommissions nodes through a live node's RPC port with the member's own node client certificate (the
+    `node` user), and waits until their replicas have moved and they are `decommissioned`. `host`: a node
+    that is not leaving (a decommissioned node refuses connections)."""
+    certificates = {"name": "certs", "secret": {
+        "secretName": NODE_SECRET, "defaultMode": READ_ONLY_BY_OWNER,
+        "items": [{"key": key, "path": path} for key, path in DECOMMISSION_CERTS.items()]}}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -474,8 +491,9 @@ def render_decommission_job(namespace: str, image: str, name: str, node_ids: Seq
         "spec": {
             "backoffLimit": 3,
             "activeDeadlineSeconds": int(timeout_seconds),
-            "template": _client_pod(image, "decommission", "set -euo pipefail\n" + command + "\n",
-                                    certificates=NODE_SECRET),
+            "template": _client_pod(image, "decommission", "set -euo pipefail\n"
+                                    + decommission_command(node_ids, host, cluster_name) + "\n",
+                                    certificates=certificates),
         },
     }
 

@@ -10,28 +10,27 @@ One resource per node serves scale-down; one per cloud, which depends on all of 
 deleted first when the whole stack goes, decommissions every node of the cloud at once (CockroachDB
 moves each replica once, not once per node) after checking that the whole cloud may leave.
 
-Least credential: the member's own node client certificate (user `node`), which it holds anyway to
-run its nodes; no CA key and no `root` certificate.
+Credential: the member's own node client certificate (user `node`), which it holds anyway to run its
+nodes; no CA key and no `root` certificate. `node` is CockroachDB's internal superuser, so this is all a
+member's operator can do in the cluster anyway, never more.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 from typing import Any, Callable, Optional, Sequence
 
 import pulumi
 import pulumi.dynamic as dynamic
 
 from .cluster import UNKNOWN_CLOUD, Node, read_nodes, read_replication_factor
+from .kube_api import KubeApi
 from .settings import COCKROACH_PORT, COCKROACH_SQL_PORT
-from .tls_files import client_tls_context, write_private
+from .tls_files import write_private
 
 MINIMUM_NODES = 3
 POLL_SECONDS = 10.0
@@ -95,27 +94,6 @@ class SqlEndpoint:
         raise ConnectionError("; ".join(seen) or "no SQL address to try")
 
 
-class KubeApi:
-    """The few Kubernetes API calls a decommission needs, with the admin kubeconfig's client certificate."""
-
-    def __init__(self, kubeconfig: str):
-        import yaml
-
-        document = yaml.safe_load(kubeconfig)
-        cluster, user = document["clusters"][0]["cluster"], document["users"][0]["user"]
-        self.server = cluster["server"].rstrip("/")
-        self.context = client_tls_context(*(base64.b64decode(data).decode() for data in (
-            cluster["certificate-authority-data"], user["client-certificate-data"], user["client-key-data"])))
-
-    def call(self, method: str, path: str, body: Optional[dict] = None, *, text: bool = False) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.server + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
-            payload = response.read().decode()
-        return payload if text else json.loads(payload or "{}")
-
-
 def run_decommission_job(kube: KubeApi, manifest: dict[str, Any], timeout: float,
                          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic
                          ) -> None:
@@ -146,10 +124,28 @@ def run_decommission_job(kube: KubeApi, manifest: dict[str, Any], timeout: float
         sleep(POLL_SECONDS)
 
 
+def decommission_host(nodes: Sequence[Node], targets: Sequence[Node], own: Sequence[tuple[str, str]]) -> str:
+    """The RPC address of a live node that is not leaving (a decommissioned node refuses connections; the docs
+    ask for "--host={address of any live node}"): one of this cloud's own by its private address, where
+    floating IPs may not hairpin, else another cloud's as it advertises itself. `own`: (advertised address,
+    private IP) of this cloud's nodes."""
+    leaving = {t.address for t in targets}
+    serving = {n.address for n in nodes if n.serving and n.address not in leaving}
+    for address, private_ip in own:
+        if address in serving:
+            return f"{private_ip}:{COCKROACH_PORT}"
+    others = sorted(serving)
+    if not others:
+        raise DecommissionRefused("no live node outside the leaving ones to run the decommission through; "
+                                  "nothing was deleted")
+    return others[0]
+
+
 def decommission(props: dict[str, Any], *, connect: Optional[Callable[[], Any]] = None,
                  run_job: Callable[..., None] = run_decommission_job, kube: Optional[Any] = None,
                  sleep: Callable[[float], None] = time.sleep) -> list[int]:
-    """The delete of a Decommission resource; returns the ids of the nodes it decommissioned."""
+    """The delete of a Decommission resource; returns the ids of the nodes it decommissioned. Properties
+    added since a resource was created are read with a default: its stored outputs may lack them."""
     from .cockroach_manifests import render_decommission_job
 
     if props.get("force") or os.environ.get(FORCE_ENVIRONMENT, "").lower() in ("1", "true", "yes"):
@@ -166,21 +162,30 @@ def decommission(props: dict[str, Any], *, connect: Optional[Callable[[], Any]] 
             f"Run this from a machine in adminCidrs while the cluster answers; or, for nodes that never joined or "
             f"were decommissioned by hand, set {FORCE_KEY} true (or {FORCE_ENVIRONMENT}=true for this run).") from None
     with connection:
-        targets = plan_decommission(read_nodes(connection), props["addresses"], read_replication_factor(connection))
+        nodes = read_nodes(connection)
+        targets = plan_decommission(nodes, props["addresses"], read_replication_factor(connection))
         if not targets:
             return []
         ids = [t.node_id for t in targets]
-        leaving = {t.address for t in targets}
-        host = next((h for h, a in zip(props["rpcHosts"], props["ownAddresses"]) if a not in leaving),
-                    props["rpcHosts"][0])
-        manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids,
-                                           f"{host}:{COCKROACH_PORT}", int(props["timeoutSeconds"]))
-        run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
-        left = {n.node_id: n.membership for n in read_nodes(connection) if n.node_id in ids}
+        host = decommission_host(nodes, targets, list(zip(props["ownAddresses"], props["rpcHosts"])))
+        manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids, host,
+                                           int(props["timeoutSeconds"]), props.get("clusterName"))
+        try:
+            run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
+        except DecommissionRefused:
+            # The job's own connection can fail at the very end (the node it went through may be the last to
+            # leave): what counts is the membership the cluster reports.
+            if not all(state == "decommissioned" for state in _memberships(connection, ids).values()):
+                raise
+        left = _memberships(connection, ids)
         if any(state != "decommissioned" for state in left.values()):
             raise DecommissionRefused(f"after the decommission job, nodes are {left}, not all decommissioned; "
                                       "nothing was deleted")
         return ids
+
+
+def _memberships(connection: Any, ids: Sequence[int]) -> dict[int, str]:
+    return {n.node_id: n.membership for n in read_nodes(connection) if n.node_id in ids}
 
 
 class _DecommissionProvider(dynamic.ResourceProvider):
@@ -189,7 +194,9 @@ class _DecommissionProvider(dynamic.ResourceProvider):
         return dynamic.CreateResult(id_=props["jobName"], outs=props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        keys = [k for k in news if not k.startswith("__") and olds.get(k) != news.get(k)]
+        # __provider too: the state keeps the provider as a reference to this module and class, and a delete
+        # uses the stored one; a changed reference must reach the state through an update.
+        keys = [k for k in news if olds.get(k) != news.get(k)]
         return dynamic.DiffResult(changes=bool(keys), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
@@ -220,6 +227,7 @@ class Decommission(dynamic.Resource):
                 "kubeconfig": pulumi.Output.secret(own.kubeconfig),
                 "namespace": own.namespace,
                 "image": own.image,
+                "clusterName": own.cluster_name,
                 "force": force,
                 "timeoutSeconds": TIMEOUT_SECONDS,
             },
@@ -234,7 +242,7 @@ class OwnNodes:
     def __init__(self, *, addresses: pulumi.Input[Sequence[str]], private_ips: pulumi.Input[Sequence[str]],
                  sql_hosts: pulumi.Input[Sequence[str]], ca_pem: pulumi.Input[str],
                  cert_pem: pulumi.Input[Optional[str]], key_pem: pulumi.Input[str], kubeconfig: pulumi.Input[str],
-                 namespace: str, image: str):
+                 namespace: str, image: str, cluster_name: str):
         self.addresses, self.private_ips, self.sql_hosts = addresses, private_ips, sql_hosts
         self.ca_pem, self.cert_pem, self.key_pem, self.kubeconfig = ca_pem, cert_pem, key_pem, kubeconfig
-        self.namespace, self.image = namespace, image
+        self.namespace, self.image, self.cluster_name = namespace, image, cluster_name

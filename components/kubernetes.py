@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s_provider
@@ -22,14 +22,18 @@ import yaml
 from . import pki, upgrades
 from .addresses import NodeAddresses
 from .cloudinit import K3S_CA_FILES, K3sJoin, K3sNode, render_user_data
+from .kube_nodes import NodeRegistration
 from .kube_objects import kube_object
 from .readiness import ApiReadiness
-from .settings import KUBE_API_PORT, Settings
+from .settings import COCKROACH_HTTP_PORT, KUBE_API_PORT, Settings
 
 ADMIN_ORGANIZATION = "system:masters"
-# Inputs of a server that only matter when it boots (engine names). configDrive too: servers made
-# before it was set keep their metadata-service boot rather than being replaced for it.
-SERVER_BOOT_INPUTS = ["userData", "blockDevices", "imageId", "imageName", "configDrive"]
+# Inputs of a server that force a new one (terraform-provider-openstack v3.4.0 compute_instance_v2: ForceNew,
+# or a rebuild for the image) and only matter when it boots (engine names). A change would replace every
+# server of the cloud at once, each booting the first user data, i.e. the first k3sVersion, on a datastore a
+# newer one wrote. configDrive too: servers made before it was set keep their metadata-service boot.
+SERVER_BOOT_INPUTS = ["userData", "blockDevices", "imageId", "imageName", "configDrive", "keyPair",
+                      "availabilityZone", "networks", "schedulerHints"]
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 ADMIN_COMMON_NAME = "crdb-federation-admin"
 
@@ -109,14 +113,38 @@ class NodeMachine:
 
 
 def pinned_image_id(name: str, image: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-    """The image's ID as of the first deploy. A name is looked up once and kept (a Stash): an image
-    re-published under the same name reaches no server, new or replaced, until `image` itself changes."""
+    """The image's ID as of the first deploy. A name is looked up and the first answer kept (a Stash): an image
+    re-published under the same name reaches no server, new or replaced, until `image` itself changes. The
+    lookup lists (an empty answer is no error), so a cloud that retired the image leaves the stack as it is."""
     if _UUID.match(image):
         return pulumi.Output.from_input(image)
-    found = openstack.images.get_image_output(name=image, most_recent=True, opts=pulumi.InvokeOptions(parent=opts.parent))
-    stash = pulumi.Stash(f"{name}-image", input=found.id,
+    found = openstack.images.get_image_ids_output(name=image, sort="created_at:desc",
+                                                  opts=pulumi.InvokeOptions(parent=opts.parent))
+    stash = pulumi.Stash(f"{name}-image", input=found.ids.apply(lambda ids: ids[0] if ids else ""),
                          opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(replacement_trigger=image)))
-    return stash.output
+
+    def pinned(image_id: str) -> str:
+        if not image_id:
+            raise pulumi.RunError(f"crdb-federation:image = {image!r}: expected the name (or id) of an image the "
+                                  "cloud has; none is called that (openstack image list)")
+        return image_id
+
+    return stash.output.apply(pinned)
+
+
+def pinned_zone(name: str, zone: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """The availability zone as of the first deploy: servers cannot move, and every node's locality must say
+    where it runs, so a later `availabilityZone` changes nothing and says so."""
+    stash = pulumi.Stash(f"{name}-availability-zone", input=zone, opts=opts)
+
+    def kept(first: str) -> str:
+        if first != zone:
+            pulumi.log.warn(f"crdb-federation:availabilityZone = {zone!r}: this cloud's servers were built in "
+                            f"{first!r} and cannot move, so new ones go there too and the locality keeps "
+                            f"zone={first}. To run in {zone!r}, build a stack there and remove this one.")
+        return first
+
+    return stash.output.apply(kept)
 
 
 class K3sCluster(pulumi.ComponentResource):
@@ -128,6 +156,8 @@ class K3sCluster(pulumi.ComponentResource):
     api_endpoint: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     admin_kubeconfig: pulumi.Output[str]
+    availability_zone: pulumi.Output[str]
+    image_id: pulumi.Output[str]
 
     def __init__(
         self,
@@ -150,11 +180,18 @@ class K3sCluster(pulumi.ComponentResource):
         )
         keypair = None
         if cloud.ssh_public_key:
-            keypair = openstack.compute.Keypair(f"{name}-ssh", name=f"{name}-ssh", public_key=cloud.ssh_public_key, opts=child)
-        image_id = pinned_image_id(name, cloud.image, child)
+            # Same name, new key: Nova refuses a second keypair of one name (servers ignore the change).
+            keypair = openstack.compute.Keypair(f"{name}-ssh", name=f"{name}-ssh", public_key=cloud.ssh_public_key,
+                                                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+        image_id = self.image_id = pinned_image_id(name, cloud.image, child)
+        self.availability_zone = pinned_zone(name, cloud.availability_zone, child)
 
         server_node = addresses.nodes[0]
         ca_files = self.pki.files()
+        self.api_endpoint = server_node.public_ip.apply(lambda ip: f"https://{ip}:{KUBE_API_PORT}")
+        admin_cert, admin_key = self.pki.admin_cert.cert_pem, self.pki.admin_key.private_key_pem
+        self.admin_kubeconfig = pulumi.Output.secret(pulumi.Output.all(
+            self.api_endpoint, server_ca, admin_cert, admin_key).apply(lambda v: render_kubeconfig(name, *v)))
         self.machines = []
         for index, node in enumerate(addresses.nodes):
             is_server = index == 0
@@ -181,11 +218,16 @@ class K3sCluster(pulumi.ComponentResource):
                 node_password=v[5],
                 ca_files=v[6] or None,
             ))
+            # An agent's Node object goes once its server has; node 0's goes with the cluster it holds, and
+            # so do the others' when the whole cluster goes.
+            registration = None if is_server else NodeRegistration(
+                f"{node.name}-registration", node=node.name, kubeconfig=self.admin_kubeconfig,
+                opts=pulumi.ResourceOptions(parent=self, deleted_with=self.machines[0].server))
             server = openstack.compute.Instance(
                 node.name,
                 name=node.name,
                 flavor_name=cloud.server_flavor if is_server else cloud.agent_flavor,
-                availability_zone=cloud.availability_zone,
+                availability_zone=self.availability_zone,
                 key_pair=keypair.name if keypair else None,
                 user_data=pulumi.Output.secret(user_data),
                 # User data (it holds the cluster CA keys on the server) is read from a drive, never from
@@ -209,20 +251,19 @@ class K3sCluster(pulumi.ComponentResource):
                 # Its port exists apart and binds one server at a time, so a replacement (healing a
                 # server in ERROR) must delete the old server first; Nova refuses a port in use.
                 opts=pulumi.ResourceOptions(parent=self, ignore_changes=SERVER_BOOT_INPUTS,
-                                            delete_before_replace=True),
+                                            delete_before_replace=True,
+                                            depends_on=[registration] if registration else None),
             )
             # Re-attached to a replacement server, whose first boot mounts it without formatting it.
             attachment = openstack.compute.VolumeAttach(
                 f"{node.name}-data-attach", instance_id=server.id, volume_id=volume.id, opts=child)
             self.machines.append(NodeMachine(server, volume, attachment))
 
-        self.api_endpoint = server_node.public_ip.apply(lambda ip: f"https://{ip}:{KUBE_API_PORT}")
-        admin_cert, admin_key = self.pki.admin_cert.cert_pem, self.pki.admin_key.private_key_pem
-        self.admin_kubeconfig = pulumi.Output.secret(pulumi.Output.all(
-            self.api_endpoint, server_ca, admin_cert, admin_key).apply(lambda v: render_kubeconfig(name, *v)))
         gate = ApiReadiness(
             f"{name}-api-ready",
             url=self.api_endpoint.apply(lambda url: f"{url}/readyz"),
+            # A new server 0 (healed, replaced) is a new API to wait for.
+            server_id=self.machines[0].server.id,
             ca_pem=server_ca,
             cert_pem=admin_cert,
             key_pem=admin_key,
@@ -236,21 +277,30 @@ class K3sCluster(pulumi.ComponentResource):
 
 
 class InPlaceUpgrades(pulumi.ComponentResource):
-    """The system-upgrade-controller and its Plans: k3s (and, when asked, the OS) upgraded one node at a time."""
+    """The system-upgrade-controller and its Plans: k3s (and, when asked, the OS) upgraded one node at a time.
+    `objects`: every Kubernetes object made here."""
+
+    objects: list[pulumi.CustomResource]
 
     def __init__(self, name: str, settings: Settings, provider: k8s_provider.Provider,
-                 opts: Optional[pulumi.ResourceOptions] = None, deleted_with: Optional[pulumi.Resource] = None):
+                 node_ips: pulumi.Input[Sequence[str]], opts: Optional[pulumi.ResourceOptions] = None,
+                 deleted_with: Optional[pulumi.Resource] = None):
         super().__init__("crdb-federation:kubernetes:InPlaceUpgrades", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=provider, deleted_with=deleted_with)
         crd = kube_object(f"{name}-plan-crd", upgrades.render_plan_crd(), k8s_opts)
         controller = [kube_object(f"{name}-{m['kind'].lower()}-{m['metadata']['name']}", m, k8s_opts)
                       for m in upgrades.render_controller()]
-        plans = upgrades.render_k3s_plans(settings.kubernetes.k3s_version)
-        if settings.kubernetes.os_upgrade_version:
-            plans.append(upgrades.render_os_plan(settings.kubernetes.os_upgrade_version))
         after = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[crd, *controller]))
-        for plan in plans:
-            kube_object(f"{name}-plan-{plan['metadata']['name']}", plan, after)
+        plans = [kube_object(f"{name}-plan-{plan['metadata']['name']}", plan, after)
+                 for plan in upgrades.render_k3s_plans(settings.kubernetes.k3s_version)]
+        version = settings.kubernetes.os_upgrade_version
+        if version:
+            plan = pulumi.Output.from_input(node_ips).apply(
+                lambda ips: upgrades.render_os_plan(version, ips, COCKROACH_HTTP_PORT))
+            plans.append(k8s_provider.apiextensions.CustomResource(
+                f"{name}-plan-os-upgrade", api_version="upgrade.cattle.io/v1", kind="Plan",
+                metadata=plan["metadata"], spec=plan["spec"], opts=after))
+        self.objects = [crd, *controller, *plans]
         self.register_outputs({})
 
 

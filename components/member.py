@@ -27,7 +27,11 @@ class CloudMember(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("crdb-federation:member:CloudMember", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # What holds each node (its decommissioning is deleted first), and the Kubernetes objects the whole
+        # cloud's decommissioning needs (its Job mounts the node Secret in the namespace): a removal deletes
+        # them only once that has succeeded, and keeps them when it refuses.
         holders: list[list[pulumi.Resource]]
+        kube_objects: list[pulumi.Resource] = []
         if settings.kubernetes.mode == "k3s":
             network = Network(name, settings.network, opts=child)
             security = SecurityGroups(name, settings.network, ssh=settings.openstack.ssh_public_key is not None, opts=child)
@@ -40,36 +44,52 @@ class CloudMember(pulumi.ComponentResource):
                 opts=child,
             )
             cluster = K3sCluster(name, settings, addresses, opts=child)
-            provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig, opts=child)
+            provider = self._kubernetes_provider(name, cluster.kubeconfig)
             # The cluster lives on these servers: when the server goes, deleting its objects first would
             # only stop CockroachDB before its decommissioning is done.
             cluster_holder = cluster.machines[0].server
-            InPlaceUpgrades(f"{name}-upgrades", settings, provider, opts=child, deleted_with=cluster_holder)
+            upgrades = InPlaceUpgrades(f"{name}-upgrades", settings, provider,
+                                       pulumi.Output.all(*[n.private_ip for n in cluster.nodes]), opts=child,
+                                       deleted_with=cluster_holder)
+            kube_objects += upgrades.objects
             admin_kubeconfig = cluster.admin_kubeconfig
+            zone = cluster.availability_zone
             holders = [[m.server, m.data_volume, m.attachment] for m in cluster.machines]
         else:
             cluster = ExistingCluster(name, settings, opts=child)
-            provider = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig, opts=child)
+            provider = self._kubernetes_provider(name, cluster.kubeconfig)
             cluster_holder = None
-            for node in settings.kubernetes.existing_nodes:
-                k8s.core.v1.NodePatch(f"{name}-{node.name}-label", metadata={
-                    "name": node.name, "labels": {NODE_LABEL: "true"}}, opts=pulumi.ResourceOptions(
-                        parent=self, provider=provider))
+            # Deleting a label patch takes the label off (the provider relinquishes its fields), and the
+            # DaemonSet then stops that node's pod: each patch is held by its node's decommissioning.
+            holders = [[k8s.core.v1.NodePatch(f"{name}-{node.name}-label", metadata={
+                "name": node.name, "labels": {NODE_LABEL: "true"}}, opts=pulumi.ResourceOptions(
+                    parent=self, provider=provider))] for node in settings.kubernetes.existing_nodes]
             admin_kubeconfig = cluster.kubeconfig
-            holders = []
+            zone = settings.openstack.availability_zone
         self.cluster = cluster
-        self.cockroach = CockroachNodes(name, settings, cluster.nodes, provider, opts=child,
+        self.cockroach = CockroachNodes(name, settings, cluster.nodes, provider, zone, opts=child,
                                         deleted_with=cluster_holder)
-        if not holders:
-            # An existing cluster: the pods are what holds the nodes.
-            holders = [[self.cockroach.daemonset] for _ in cluster.nodes]
-        self.decommissions = self._decommissions(name, settings, admin_kubeconfig, holders)
+        kube_objects += self.cockroach.objects
+        if settings.kubernetes.mode == "existing":
+            # The pods are what holds the nodes, and a node's job needs its namespace and certificates.
+            needed = [self.cockroach.daemonset, self.cockroach.node_secret, self.cockroach.namespace]
+            holders = [[*holder, *needed] for holder in holders]
+        self.decommissions = self._decommissions(name, settings, admin_kubeconfig, holders, kube_objects)
         self.register_outputs({"apiEndpoint": cluster.api_endpoint, "joinAddresses": self.cockroach.join_addresses})
 
+    def _kubernetes_provider(self, name: str, kubeconfig: pulumi.Output[str]) -> k8s.Provider:
+        """The cluster's provider. Its identity is the member's name, not its kubeconfig: a kubeconfig that is
+        unknown in a preview (a renewed admin certificate) or that really changes would otherwise replace the
+        provider, and with it every Kubernetes object, create-before-delete under the same names
+        (pulumi-kubernetes provider.go DiffConfig, clusterIdentifier)."""
+        return k8s.Provider(f"{name}-k8s", kubeconfig=kubeconfig, cluster_identifier=name,
+                            opts=pulumi.ResourceOptions(parent=self))
+
     def _decommissions(self, name: str, settings: Settings, kubeconfig: pulumi.Output[str],
-                       holders: Sequence[Sequence[pulumi.Resource]]) -> list[Decommission]:
+                       holders: Sequence[Sequence[pulumi.Resource]],
+                       kube_objects: Sequence[pulumi.Resource]) -> list[Decommission]:
         """One per node, deleted before what holds it; one for the whole cloud, which depends on all of them
-        and so is deleted first when the stack goes."""
+        and on every Kubernetes object of the cloud, and so is deleted first when the stack goes."""
         trust = self.cockroach.trust
         addresses = [n.public_ip.apply(lambda ip: f"{ip}:{COCKROACH_PORT}") for n in self.cluster.nodes]
         publics = pulumi.Output.all(*[n.public_ip for n in self.cluster.nodes])
@@ -85,6 +105,7 @@ class CloudMember(pulumi.ComponentResource):
             kubeconfig=kubeconfig,
             namespace=settings.cockroach.namespace,
             image=settings.cockroach.image,
+            cluster_name=settings.cockroach.cluster_name,
         )
         force = settings.cockroach.force_removal
         per_node = [
@@ -93,5 +114,5 @@ class CloudMember(pulumi.ComponentResource):
             for node, address, holder in zip(self.cluster.nodes, addresses, holders)
         ]
         whole = Decommission(f"{name}-decommission", addresses=own.addresses, own=own, force=force,
-                             opts=pulumi.ResourceOptions(parent=self, depends_on=per_node))
+                             opts=pulumi.ResourceOptions(parent=self, depends_on=[*per_node, *kube_objects]))
         return [*per_node, whole]

@@ -24,6 +24,12 @@ class ApiNotReadyError(Exception):
     pass
 
 
+# What the gate waits for again when it changes: the API's address and credentials, and the server behind it
+# (a healed or replaced server 0 boots a new API; its address stays the same).
+PROBED = ("url", "serverId", "caPem", "certPem", "keyPem", "kubeconfig")
+PROVIDER_KEY = "__provider"
+
+
 def probe_readyz(url: str, ca_pem: str, cert_pem: str, key_pem: str, *, timeout: float = 10.0) -> tuple[bool, str]:
     """One GET of /readyz with mutual TLS; returns (ready, what was seen)."""
     context = client_tls_context(ca_pem, cert_pem, key_pem)
@@ -79,11 +85,14 @@ class _ApiReadinessProvider(dynamic.ResourceProvider):
         return dynamic.CreateResult(id_=props["url"], outs=props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        changed = [k for k in ("url", "caPem", "certPem", "keyPem", "kubeconfig") if olds.get(k) != news.get(k)]
+        # __provider: a reference to this module and class, which a later delete or read uses; a changed one
+        # reaches the state by an update (that waits for nothing).
+        changed = [k for k in (*PROBED, PROVIDER_KEY) if olds.get(k) != news.get(k)]
         return dynamic.DiffResult(changes=bool(changed), replaces=[k for k in changed if k == "url"])
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        self._wait(news)
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        if any(olds.get(k) != news.get(k) for k in PROBED):
+            self._wait(news)
         return dynamic.UpdateResult(outs=news)
 
 
@@ -97,6 +106,7 @@ class ApiReadiness(dynamic.Resource):
         name: str,
         *,
         url: pulumi.Input[str],
+        server_id: pulumi.Input[str],
         ca_pem: pulumi.Input[str],
         cert_pem: pulumi.Input[str],
         key_pem: pulumi.Input[str],
@@ -110,6 +120,7 @@ class ApiReadiness(dynamic.Resource):
             name,
             {
                 "url": url,
+                "serverId": server_id,
                 "caPem": ca_pem,
                 "certPem": cert_pem,
                 "keyPem": pulumi.Output.secret(key_pem),

@@ -3,28 +3,71 @@
 Servers never follow a changed `k3sVersion` by replacement (they ignore their user data after boot).
 Instead the controller runs the Plans below: a new `k3sVersion` changes the Plans' version, and the
 controller upgrades the server first, then each agent, one at a time, cordoning each node while it
-works; a new `osUpgradeVersion` runs the distribution's upgrade the same way and reboots a node only
-when the upgrade asks for it. Pure renderers; the component lives in kubernetes.py.
+works (k3s's unit has KillMode=process: restarting k3s leaves the pods running). A new
+`osUpgradeVersion` runs the distribution's upgrade the same way, and reboots a node only when the upgrade
+asks for it. The controller moves on as soon as a node's Job completes and uncordons the node then
+(system-upgrade-controller handle_batch.go), and drains skip DaemonSet pods, CockroachDB's among them: so
+the OS upgrade's own script is the health gate. It starts only when every CockroachDB node of the cloud is
+ready with no under-replicated or unavailable range, and after a reboot its Job completes only on the
+node's next boot, once that holds again. Pure renderers; the component lives in kubernetes.py.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 NAMESPACE = "system-upgrade"
+CONTROLLER = "system-upgrade-controller"
+RBAC = "rbac.authorization.k8s.io/v1"
 SERVICE_ACCOUNT = "system-upgrade"
 CONTROLLER_IMAGE = "rancher/system-upgrade-controller:v0.20.1"
 K3S_UPGRADE_IMAGE = "rancher/k3s-upgrade"
 OS_UPGRADE_IMAGE = "ubuntu:24.04"
 CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
 LABELS = {"app.kubernetes.io/name": "system-upgrade-controller", "app.kubernetes.io/part-of": "crdb-federation"}
-# Runs on the node itself (the controller mounts the host's root at /host): upgrade, then reboot only if
-# the distribution says a reboot is needed; the controller uncordons the node once it is back.
-OS_UPGRADE_SCRIPT = (
-    "set -eu; export DEBIAN_FRONTEND=noninteractive; apt-get update;"
-    " apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade;"
-    " if [ -f /var/run/reboot-required ]; then systemctl reboot; fi"
-)
+# The OS upgrade's Job pods are killed by the reboot and must outlast the health gate on both boots, apt
+# and the reboot itself; the controller's default deadline is 900 s.
+OS_UPGRADE_DEADLINE_SECONDS = 7200
+HEALTH_WAIT_SECONDS = 1800
+NODES_ENV = "CRDB_NODES"
+
+
+def os_upgrade_script(http_port: int) -> str:
+    """Runs on the node itself (the controller mounts the host's root at /host; its Job pods use the host's
+    network). CockroachDB's /health?ready=1 and /_status/vars need no authentication (CockroachDB docs:
+    monitoring-and-alerting, cluster-api; the metrics ranges_underreplicated and ranges_unavailable)."""
+    return "\n".join([
+        "set -eu",
+        "healthy() {",
+        f'  for ip in ${NODES_ENV}; do',
+        f'    curl -fsk --max-time 5 "https://$ip:{http_port}/health?ready=1" >/dev/null || return 1',
+        f'    vars=$(curl -fsk --max-time 5 "https://$ip:{http_port}/_status/vars") || return 1',
+        "    printf '%s\\n' \"$vars\" | awk '/^ranges_(underreplicated|unavailable)[{ ]/ && $NF + 0 > 0 { bad = 1 }"
+        " END { exit bad }' || return 1",
+        "  done",
+        "}",
+        "waited=0",
+        "until healthy; do",
+        f'  if [ "$waited" -ge {HEALTH_WAIT_SECONDS} ]; then',
+        f'    echo "crdb-federation: CockroachDB is not healthy on every node of this cloud after {HEALTH_WAIT_SECONDS}s;'
+        ' not upgrading $(hostname)" >&2',
+        "    exit 1",
+        "  fi",
+        "  sleep 10",
+        "  waited=$((waited + 10))",
+        "done",
+        "export DEBIAN_FRONTEND=noninteractive",
+        "apt-get update",
+        "apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade",
+        "if [ -f /var/run/reboot-required ]; then",
+        "  systemctl reboot",
+        # systemctl returns at once: the Job must not complete before the node is back. The reboot ends this
+        # pod; the Job's next pod finds nothing to reboot once the node is healthy again.
+        "  sleep 3600",
+        "  exit 1",
+        "fi",
+        "",
+    ])
 
 
 def _meta(name: str, namespace: Optional[str] = NAMESPACE) -> dict[str, Any]:
@@ -58,21 +101,32 @@ def render_plan_crd() -> dict[str, Any]:
 
 def render_controller() -> list[dict[str, Any]]:
     """Namespace, service account, RBAC and the controller's Deployment (on the control-plane node)."""
-    rules = [
-        {"apiGroups": ["batch"], "resources": ["jobs"],
-         "verbs": ["get", "list", "watch", "create", "delete", "deletecollection", "patch", "update"]},
+    # As system-upgrade-controller v0.20.1's manifests/clusterrole.yaml splits it: what is cluster-wide (nodes,
+    # plans, reading jobs), what only its own namespace needs (its Jobs, the Plans' secrets), and the drain.
+    cluster_rules = [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
          "verbs": ["get", "list", "watch", "create", "patch", "update"]},
-        {"apiGroups": [""], "resources": ["namespaces", "secrets"], "verbs": ["get", "list", "watch"]},
-        # Cordon, drain (evictions honour the PodDisruptionBudget) and read pod owners.
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "update", "patch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
-        {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
-        {"apiGroups": ["apps"], "resources": ["statefulsets", "daemonsets", "replicasets"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["namespaces", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["update"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "create", "patch", "update"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [CONTROLLER],
+         "verbs": ["get", "update"]},
         {"apiGroups": ["upgrade.cattle.io"], "resources": ["plans", "plans/status"],
          "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]},
+    ]
+    namespace_rules = [
+        {"apiGroups": ["batch"], "resources": ["jobs"],
+         "verbs": ["create", "delete", "deletecollection", "patch", "update", "get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    ]
+    # Cordon and drain; drains skip DaemonSet pods, so CockroachDB is never evicted.
+    drainer_rules = [
+        {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["statefulsets", "daemonsets", "replicasets"], "verbs": ["get", "list"]},
     ]
     environment = {
         "SYSTEM_UPGRADE_CONTROLLER_DEBUG": "false",
@@ -86,11 +140,11 @@ def render_controller() -> list[dict[str, Any]]:
         "SYSTEM_UPGRADE_JOB_TTL_SECONDS_AFTER_FINISH": "900",
         "SYSTEM_UPGRADE_PLAN_POLLING_INTERVAL": "15m",
     }
-    selector = {"upgrade.cattle.io/controller": "system-upgrade-controller"}
+    selector = {"upgrade.cattle.io/controller": CONTROLLER}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta("system-upgrade-controller"),
+        "metadata": _meta(CONTROLLER),
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
@@ -105,7 +159,7 @@ def render_controller() -> list[dict[str, Any]]:
                     "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
                                     {"key": CONTROL_PLANE, "operator": "Exists", "effect": "NoSchedule"}],
                     "containers": [{
-                        "name": "system-upgrade-controller",
+                        "name": CONTROLLER,
                         "image": CONTROLLER_IMAGE,
                         "imagePullPolicy": "IfNotPresent",
                         "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
@@ -130,17 +184,23 @@ def render_controller() -> list[dict[str, Any]]:
             },
         },
     }
+    subjects = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+
+    def bound(kind: str, name: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        namespace = None if kind == "ClusterRole" else NAMESPACE
+        return [
+            {"apiVersion": RBAC, "kind": kind, "metadata": _meta(name, namespace), "rules": rules},
+            {"apiVersion": RBAC, "kind": f"{kind}Binding", "metadata": _meta(name, namespace),
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}, "subjects": subjects},
+        ]
+
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {
             **_meta(NAMESPACE, None), "labels": {**LABELS, "pod-security.kubernetes.io/enforce": "privileged"}}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(SERVICE_ACCOUNT)},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": _meta("crdb-federation-system-upgrade", None), "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": _meta("crdb-federation-system-upgrade", None),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": "crdb-federation-system-upgrade"},
-         "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]},
+        *bound("ClusterRole", "crdb-federation-system-upgrade", cluster_rules),
+        *bound("ClusterRole", "crdb-federation-system-upgrade-drainer", drainer_rules),
+        *bound("Role", "crdb-federation-system-upgrade", namespace_rules),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta("default-controller-env"), "data": environment},
         deployment,
     ]
@@ -153,8 +213,10 @@ def _plan(name: str, version: str, node_selector: dict[str, Any], upgrade: dict[
         "kind": "Plan",
         "metadata": _meta(name),
         "spec": {
-            # One node at a time: a member never has two CockroachDB nodes down for an upgrade.
+            # One node at a time, and never two of these plans on one node at once (exclusive: pod
+            # anti-affinity on the host name, types.go).
             "concurrency": 1,
+            "exclusive": True,
             "version": version,
             "nodeSelector": node_selector,
             "serviceAccountName": SERVICE_ACCOUNT,
@@ -170,16 +232,25 @@ def render_k3s_plans(k3s_version: str) -> list[dict[str, Any]]:
     server = {"matchExpressions": [{"key": CONTROL_PLANE, "operator": "Exists"}]}
     agents = {"matchExpressions": [{"key": CONTROL_PLANE, "operator": "DoesNotExist"}]}
     image = {"image": K3S_UPGRADE_IMAGE}
+    # A minute between nodes: the restarted kubelet reports its pods again before the next node goes.
+    pause = {"postCompleteDelay": "1m"}
     return [
-        _plan("k3s-server", k3s_version, server, image),
+        _plan("k3s-server", k3s_version, server, image, **pause),
         _plan("k3s-agent", k3s_version, agents, image,
-              prepare={"image": K3S_UPGRADE_IMAGE, "args": ["prepare", "k3s-server"]}),
+              prepare={"image": K3S_UPGRADE_IMAGE, "args": ["prepare", "k3s-server"]}, **pause),
     ]
 
 
-def render_os_plan(os_version: str) -> dict[str, Any]:
-    """Every node, one at a time, drained first (evictions honour the PodDisruptionBudget)."""
+def render_os_plan(os_version: str, node_ips: Sequence[str], http_port: int) -> dict[str, Any]:
+    """Every node, one at a time, behind the health gate of os_upgrade_script. `node_ips`: this cloud's nodes
+    (an env of the upgrade container; the Plan's hash is its version and service account, types.go /
+    plan.go DigestStatus, so a new node changes no node's upgrade)."""
+    upgrade = {"image": OS_UPGRADE_IMAGE, "command": ["chroot", "/host"],
+               "args": ["sh", "-c", os_upgrade_script(http_port)],
+               "envs": [{"name": NODES_ENV, "value": " ".join(node_ips)}]}
     return _plan("os-upgrade", os_version, {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In",
                                                                  "values": ["linux"]}]},
-                 {"image": OS_UPGRADE_IMAGE, "command": ["chroot", "/host"], "args": ["sh", "-c", OS_UPGRADE_SCRIPT]},
+                 upgrade, jobActiveDeadlineSecs=OS_UPGRADE_DEADLINE_SECONDS, postCompleteDelay="2m",
+                 # Other pods move away; DaemonSet pods (CockroachDB's) stay and stop with the node's graceful
+                 # shutdown when it reboots (the kubelet drop-in of components/cloudinit.py).
                  drain={"force": True, "ignoreDaemonSets": True, "skipWaitForDeleteTimeout": 300})

@@ -271,9 +271,19 @@ class CloudChecks:
             found[name] = flavor and Flavor(flavor.name, flavor.vcpus, flavor.ram, flavor.disk)
         return found
 
-    def image(self, flavors: dict[str, Optional[Flavor]]) -> list[Finding]:
+    def image(self, flavors: dict[str, Optional[Flavor]], pinned: Optional[str] = None) -> list[Finding]:
+        """`pinned`: the image id the stack's first deploy pinned (its `imageId` output), if it is up."""
         s = self.settings.openstack
         images = [i for i in self.cloud.image.images(name=s.image) if i.status == "active"]
+        if not images and pinned:
+            kept = self.cloud.image.find_image(pinned, ignore_missing=True)
+            if kept is not None and kept.status == "active":
+                return [self.finding("Image", WARN, "image", f"no active image named '{s.image}' any more",
+                                     f"servers, new and healed ones too, keep the pinned {pinned}; set image to "
+                                     "a current one to move new servers to it")]
+            return [self.finding("Image", FAIL, "image", f"neither an image named '{s.image}' nor the pinned "
+                                 f"{pinned} is active", "a new or healed server could not boot: set image to a "
+                                 "current image of `openstack image list`")]
         if not images:
             return [self.finding("Image", FAIL, "image", f"no active image named '{s.image}'",
                                  "upload it or name one of `openstack image list`")]
@@ -489,7 +499,13 @@ def check_stack(stack: str, root: Path, *, my_address: Optional[str],
         return flavor_findings(stack, settings, flavors)
 
     findings += guarded("Flavors", "serverFlavor", flavor_check)
-    findings += guarded("Image", "image", lambda: cloud.image(flavors))
+    def pinned_image() -> Optional[str]:
+        try:
+            return seed_outputs(stack).get("imageId")
+        except Exception:  # not up yet: nothing pinned
+            return None
+
+    findings += guarded("Image", "image", lambda: cloud.image(flavors, pinned_image()))
     findings += guarded("Quotas", "nodeCount", lambda: cloud.quotas(flavors))
     findings += guarded("External network", "externalNetwork", cloud.external_network)
     existing_mtu: list[Optional[int]] = [None]

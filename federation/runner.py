@@ -36,6 +36,18 @@ class Stack(Protocol):
     def add_members(self, stacks: Sequence[str]) -> list[str]: ...
 
 
+def stack_workspace(work_dir: Path) -> Any:
+    """A LocalWorkspace over the project that leaves the repository's current stack alone: `pulumi stack
+    select` would move it to whichever stack the tool touched last, and a bare `pulumi` afterwards would target
+    that one. Every operation passes --stack anyway (automation _stack.py), so selecting only checks that the
+    stack exists, as the Automation API does for remote workspaces (_local_workspace.py select_stack)."""
+    from pulumi import automation as auto
+
+    workspace = auto.LocalWorkspace(work_dir=str(work_dir))
+    workspace.select_stack = lambda name: workspace._run_pulumi_cmd_sync(["stack", "--stack", name])
+    return workspace
+
+
 class PulumiStack:
     """A stack of this project through the Automation API (a LocalWorkspace over the project directory,
     so the CLI reads stacks/Pulumi.<name>.yaml as `pulumi up` does)."""
@@ -47,7 +59,7 @@ class PulumiStack:
         self.name = name
         self.work_dir = work_dir
         self.retry_delay = 5.0
-        self._stack = automation_stack or auto.create_or_select_stack(stack_name=name, work_dir=str(work_dir))
+        self._stack = automation_stack or auto.Stack.create_or_select(name, stack_workspace(work_dir))
         self._delete_server = delete_server or self._delete_server_in_cloud
 
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:

@@ -64,6 +64,7 @@ class RecordingMonitor(MockMonitor):
                 "delete_before_replace": request.deleteBeforeReplace,
                 "deleted_with": request.deletedWith,
                 "retain_on_delete": request.retainOnDelete,
+                "replace_on_changes": list(request.replaceOnChanges),
                 "custom_timeouts": {k: getattr(timeouts, k) for k in ("create", "update", "delete")
                                     if getattr(timeouts, k)},
             }
@@ -197,6 +198,8 @@ class FakeCloud(pulumi.runtime.Mocks):
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     public_prefix: str = "198.18.0"
+    # Image names the cloud does not have (any more).
+    missing_images: set = field(default_factory=set)
     # False: placeholder PEM text instead of real keys, for benchmarks that time the program, not RSA.
     real_crypto: bool = True
 
@@ -234,8 +237,9 @@ class FakeCloud(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         self.invokes.append((args.token, dict(args.args)))
-        if args.token == "openstack:images/getImage:getImage":
-            return {"id": "image-" + args.args.get("name", "x"), "name": args.args.get("name")}
+        if args.token == "openstack:images/getImageIds:getImageIds":
+            name = args.args.get("name", "x")
+            return {"ids": [] if name in self.missing_images else ["image-" + name]}
         if args.token == "openstack:networking/getNetwork:getNetwork":
             key = args.args.get("name") or args.args.get("networkId")
             return {"id": f"net-{key}", "name": key}

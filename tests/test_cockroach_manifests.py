@@ -192,8 +192,10 @@ def test_scripts_pass_shellcheck():
     assert_shellcheck_clean(m.render_init_script(s, "10.20.0.10"), "bash")
     for factor in (0, 5):
         assert_shellcheck_clean(m.render_cluster_settings_script("10.20.0.10", factor), "bash")
-    job = m.render_decommission_job("cockroachdb", s.image, "decommission-x", [4, 5], "10.20.0.11:26257", 3600)
+    job = m.render_decommission_job("cockroachdb", s.image, "decommission-x", [4, 5], "10.20.0.11:26257", 3600,
+                                    "crdb-federation")
     assert_shellcheck_clean(job["spec"]["template"]["spec"]["containers"][0]["command"][2], "bash")
+    assert_shellcheck_clean(upgrades.os_upgrade_script(8080), "sh")
 
 
 def run_client_script(tmp_path, script, fake_body, **env):
@@ -269,13 +271,13 @@ def all_manifests(s):
     return [
         m.render_namespace(s), m.render_address_config_map(s), m.render_join_config_map(s, SEED_JOIN),
         m.render_secret(s, m.NODE_SECRET, {"ca.crt": "x", "node.crt": "y", "node.key": "z"}),
-        m.render_public_service(s), m.render_pod_disruption_budget(s), m.render_daemonset(s),
+        m.render_public_service(s), m.render_daemonset(s),
         m.render_daemonset(spec(http_proxy="http://proxy.example:3128", no_proxy=("localhost",)), await_ready=False),
         m.render_job(s, "init", m.render_init_script(s, "10.20.0.10")),
         m.render_cluster_settings_cron_job(s, "10.20.0.10", 0),
-        m.render_decommission_job("cockroachdb", s.image, "decommission-x", [4], "10.20.0.11:26257", 3600),
+        m.render_decommission_job("cockroachdb", s.image, "decommission-x", [4], "10.20.0.11:26257", 3600, "x"),
         upgrades.render_plan_crd(), *upgrades.render_controller(), *upgrades.render_k3s_plans("v1.35.6+k3s1"),
-        upgrades.render_os_plan("2026-12"),
+        upgrades.render_os_plan("2026-12", ["10.20.0.10"], 8080),
     ]
 
 
@@ -331,11 +333,10 @@ def test_what_changes_while_nodes_run_never_touches_the_pod_template():
     assert m.render_join_config_map(spec(), SEED_JOIN) != m.render_join_config_map(spec(), SEED_JOIN[:2])
 
 
-def test_service_and_budget():
+def test_service():
     public = m.render_public_service(spec())
     assert public["metadata"]["name"] == "cockroachdb-public"
     assert {p["port"] for p in public["spec"]["ports"]} == {26257, 26258, 8080}
-    assert m.render_pod_disruption_budget(spec())["spec"]["maxUnavailable"] == 1
 
 
 def test_seed_jobs_keep_no_ttl_and_settings_run_on_a_schedule():
@@ -348,24 +349,125 @@ def test_seed_jobs_keep_no_ttl_and_settings_run_on_a_schedule():
 
 
 def test_decommission_job_uses_the_members_own_node_certificates():
-    job = m.render_decommission_job("cockroachdb", "img:v1", "decommission-x", [4, 5], "10.20.0.11:26257", 3600)
+    """The exact command line, every flag as CockroachDB v26's docs list it (cockroach-node, "Client connection"
+    and decommission flags): --host "of any live node", --certs-dir, --cluster-name (the nodes run with one:
+    cockroach-start says node decommission "must specify either --cluster-name or
+    --disable-cluster-name-verification"), --cert-principal-map, --wait."""
+    job = m.render_decommission_job("cockroachdb", "img:v1", "decommission-x", [4, 5], "10.20.0.11:26257", 3600,
+                                    "crdb-federation")
     pod = job["spec"]["template"]["spec"]
-    assert pod["volumes"] == [{"name": "certs", "secret": {"secretName": m.NODE_SECRET, "defaultMode": 0o400}}]
+    # The RPC client always loads client.root.crt (pkg/base/config.go: the CLI's user is root): the member's
+    # client.node.crt goes there, CN=node mapped to root for the client's own check.
+    assert pod["volumes"] == [{"name": "certs", "secret": {
+        "secretName": m.NODE_SECRET, "defaultMode": 0o400, "items": [
+            {"key": "ca.crt", "path": "ca.crt"}, {"key": "client.node.crt", "path": "client.root.crt"},
+            {"key": "client.node.key", "path": "client.root.key"}]}}]
     command = pod["containers"][0]["command"][2]
-    assert ("node decommission 4 5 --host=10.20.0.11:26257 --wait=all --certs-dir=/cockroach/cockroach-certs"
-            in command)
+    assert command == (
+        'set -euo pipefail\n"${COCKROACH:-/cockroach/cockroach}" node decommission 4 5 --host=10.20.0.11:26257 '
+        "--cluster-name=crdb-federation --cert-principal-map=node:root --wait=all "
+        "--certs-dir=/cockroach/cockroach-certs\n")
     assert job["spec"]["activeDeadlineSeconds"] == 3600
+    # A resource created before clusterName was one of its properties: the nodes' name is not checked.
+    older = m.render_decommission_job("cockroachdb", "img:v1", "d", [4], "10.20.0.11:26257", 60, None)
+    assert "--disable-cluster-name-verification" in older["spec"]["template"]["spec"]["containers"][0]["command"][2]
 
 
 def test_upgrade_plans_go_one_node_at_a_time_server_first():
     server, agent = upgrades.render_k3s_plans("v1.35.6+k3s1")
     for plan in (server, agent):
         assert plan["spec"]["concurrency"] == 1 and plan["spec"]["version"] == "v1.35.6+k3s1"
-        assert plan["spec"]["cordon"] is True
+        assert plan["spec"]["cordon"] is True and plan["spec"]["exclusive"] is True
     assert agent["spec"]["prepare"]["args"] == ["prepare", "k3s-server"]
-    os_plan = upgrades.render_os_plan("2026-12")
+    os_plan = upgrades.render_os_plan("2026-12", ["10.20.0.10", "10.20.0.11"], 8080)
     assert os_plan["spec"]["concurrency"] == 1 and os_plan["spec"]["drain"]["force"] is True
     assert os_plan["spec"]["upgrade"]["command"] == ["chroot", "/host"]
+    # The controller's default Job deadline (900 s) cannot hold two health waits, apt and a reboot.
+    assert os_plan["spec"]["jobActiveDeadlineSecs"] == 7200 and os_plan["spec"]["postCompleteDelay"] == "2m"
+    # ContainerSpec's env field is `envs` (system-upgrade-controller v0.20.1 types.go).
+    assert os_plan["spec"]["upgrade"]["envs"] == [{"name": "CRDB_NODES", "value": "10.20.0.10 10.20.0.11"}]
+
+
+def run_os_upgrade(tmp_path, *, health, reboot_required):
+    """The OS plan's script with fake curl (CockroachDB's HTTP endpoints), apt-get, systemctl and sleep."""
+    calls = tmp_path / "calls"
+    vars_text = "ranges_underreplicated{store=\"1\"} %s\nranges_unavailable{store=\"1\"} 0\n"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {
+        "curl": (f'url=""; for a in "$@"; do url=$a; done; echo "curl $url" >> {calls}\n'
+                 f'state=$(head -n 1 {tmp_path}/health); '
+                 'case "$url" in *health*) [ "$state" != down ] ;; *_status/vars*) [ "$state" = lagging ] && '
+                 f"printf '{vars_text % 3}' || printf '{vars_text % 0}' ;; esac"),
+        "apt-get": f'echo "apt-get $*" >> {calls}',
+        "systemctl": f'echo "systemctl $*" >> {calls}; [ "$1" = reboot ] && exit 0',
+        "sleep": f'echo "sleep $*" >> {calls}; sed -i 1d {tmp_path}/health; [ -s {tmp_path}/health ] || exit 1',
+        "hostname": "echo vexxhost-k3s-1",
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "health").write_text("\n".join(health) + "\n")
+    script = upgrades.os_upgrade_script(8080).replace("/var/run/reboot-required", str(tmp_path / "reboot-required"))
+    if reboot_required:
+        (tmp_path / "reboot-required").write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRDB_NODES": "10.20.0.10 10.20.0.11"}
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_the_os_upgrade_waits_until_every_node_is_ready_and_fully_replicated(tmp_path):
+    done, calls = run_os_upgrade(tmp_path, health=["down", "lagging", "healthy"], reboot_required=False)
+    assert done.returncode == 0, done.stderr
+    upgraded = calls.index("apt-get update")
+    assert calls[:upgraded].count("sleep 10") == 2
+    assert "curl https://10.20.0.11:8080/_status/vars" in calls[:upgraded]
+    assert "systemctl reboot" not in calls
+
+
+def test_after_a_reboot_the_job_does_not_complete_before_the_node_is_back(tmp_path):
+    # systemctl reboot returns at once: the script must not end (and the Job complete) after it.
+    done, calls = run_os_upgrade(tmp_path, health=["healthy", "healthy"], reboot_required=True)
+    assert calls[-2:] == ["systemctl reboot", "sleep 3600"] and done.returncode != 0
+
+
+def test_an_unhealthy_cloud_is_not_upgraded(tmp_path):
+    done, calls = run_os_upgrade(tmp_path, health=["lagging"] * 200, reboot_required=True)
+    assert done.returncode == 1 and "not upgrading vexxhost-k3s-1" in done.stderr
+    assert not [c for c in calls if c.startswith("apt-get")]
+
+
+def test_upgrade_controller_rights_are_split_as_upstream_splits_them():
+    """system-upgrade-controller v0.20.1 manifests/clusterrole.yaml: writing Jobs and reading Secrets only in
+    its own namespace (on the seed, a cluster-wide secrets read would include the root client certificate)."""
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in upgrades.render_controller()}
+    cluster = objects[("ClusterRole", "crdb-federation-system-upgrade")]["rules"]
+    for rule in cluster:
+        assert "secrets" not in rule["resources"]
+        if "jobs" in rule["resources"]:
+            assert rule["verbs"] == ["get", "list", "watch"]
+    role = objects[("Role", "crdb-federation-system-upgrade")]
+    assert role["metadata"]["namespace"] == upgrades.NAMESPACE
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"jobs", "secrets"}
+    assert objects[("RoleBinding", "crdb-federation-system-upgrade")]["roleRef"]["kind"] == "Role"
+    assert ("ClusterRoleBinding", "crdb-federation-system-upgrade-drainer") in objects
+
+
+def test_a_stop_while_waiting_for_certificates_ends_the_container_at_once(tmp_path):
+    """As the container's PID 1 (in a PID namespace of its own), a shell without a TERM handler ignores TERM:
+    the pod would wait out its 300 s grace period. The script stops at once."""
+    if os.geteuid() != 0:
+        pytest.skip("a PID namespace needs root (scripts/test.sh runs the tests as root)")
+    env = start_env(tmp_path, NODES[0].name, node_dirs(tmp_path, signed=False), CERT_CHECK_SECONDS="1")
+    process = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "/bin/bash", "-c",
+                                m.render_start_script(spec())], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: "waiting for the seed" in (process.stdout.readline() or ""))
+        shell = int(open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()[0])
+        os.kill(shell, signal.SIGTERM)
+        assert process.wait(timeout=5) == 143
+    finally:
+        process.kill()
 
 
 def test_address_map_is_keyed_by_node_name():

@@ -202,9 +202,10 @@ def test_k3s_cluster_certificate_wiring(cloud):
             "/etc/rancher/k3s/config.yaml"])
         assert config["token"].startswith("K10") and server_token not in data
 
-    gate = cloud.one("dynamic:Resource")
+    gate = cloud.named("m-api-ready")
     assert gate.outputs["url"] == f"https://{server_public_ip}:6443/readyz"
-    assert cloud.depends_on(gate, cloud.named("m-k3s-0"))
+    # The server's id is an input: a healed or replaced server 0 makes the gate wait for its API again.
+    assert gate.outputs["serverId"] == "m-k3s-0-id" and cloud.depends_on(gate, cloud.named("m-k3s-0"))
     for association in cloud.of_type("FloatingIpAssociate"):
         assert cloud.depends_on(gate, association)
     # Agents boot in parallel with the server: they know its private address from its port.
@@ -231,11 +232,54 @@ def test_the_image_is_pinned_at_the_first_deploy(cloud):
     from components.kubernetes import K3sCluster
     s = settings()
     evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
-    stash = cloud.one("pulumi:index:Stash")
+    stash = cloud.named("m-image")
     assert stash.inputs["input"] == "image-ubuntu-24.04"
     server = cloud.named("m-k3s-0")
     assert server.inputs["blockDevices"][0]["uuid"] == stash.outputs["output"]
     assert cloud.depends_on(server, stash)
+
+
+def test_a_first_deploy_with_an_image_the_cloud_lacks_fails_naming_the_setting(cloud):
+    from components.kubernetes import K3sCluster
+    cloud.missing_images.add("ubuntu-24.04")
+    s = settings()
+    with pytest.raises(Exception, match="crdb-federation:image = 'ubuntu-24.04': expected the name"):
+        evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
+
+
+def test_a_server_keeps_every_input_that_would_force_a_new_one(cloud):
+    """terraform-provider-openstack v3.4.0 resource_openstack_compute_instance_v2.go: user_data,
+    availability_zone, config_drive, key_pair, network (and its port), block_device and scheduler_hints are
+    ForceNew; an image change rebuilds the server. Setting sshPublicKey or changing the zone replaces nothing."""
+    from components.kubernetes import K3sCluster
+    s = settings(sshPublicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample op@laptop")
+    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1"])).kubeconfig)
+    for server in ("m-k3s-0", "m-k3s-1"):
+        options = cloud.named(server).options
+        assert set(options["ignore_changes"]) >= {"userData", "blockDevices", "imageId", "imageName", "configDrive",
+                                                  "keyPair", "availabilityZone", "networks", "schedulerHints"}
+        assert options["delete_before_replace"] is True
+    # A new key replaces the keypair under its fixed name: Nova refuses two of one name.
+    assert cloud.named("m-ssh").options["delete_before_replace"] is True
+    # The zone is the first deploy's (a Stash): servers and the locality keep it.
+    zone = cloud.named("m-availability-zone")
+    assert zone.inputs["input"] == "nova" and cloud.named("m-k3s-1").inputs["availabilityZone"] == "nova"
+
+
+def test_an_agents_kubernetes_node_is_removed_after_its_server(cloud):
+    """k3s never deletes the Node of a deleted server (its cloud provider says every instance exists): each
+    agent's server depends on a registration, so the engine deletes the registration, and with it the Node,
+    only once the server is gone; node 0's goes with the cluster."""
+    from components.kubernetes import K3sCluster
+    s = settings()
+    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1", "m-k3s-2"])).kubeconfig)
+    registrations = {r.name: r for r in cloud.of_type("dynamic:Resource") if r.name.endswith("-registration")}
+    assert sorted(registrations) == ["m-k3s-1-registration", "m-k3s-2-registration"]
+    for name, registration in registrations.items():
+        server = cloud.named(name.removesuffix("-registration"))
+        assert registration.outputs["node"] == server.name
+        assert cloud.depends_on(server, registration)
+        assert registration.options["deleted_with"] == cloud.named("m-k3s-0").urn
 
 
 def test_an_image_given_by_id_is_used_as_it_is(cloud):
@@ -243,7 +287,8 @@ def test_an_image_given_by_id_is_used_as_it_is(cloud):
     image = "6f0d2b3e-7c4a-4f5e-9d1b-2a3c4d5e6f70"
     s = settings(image=image)
     evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
-    assert not cloud.of_type("pulumi:index:Stash") and not [t for t, _ in cloud.invokes if "getImage" in t]
+    assert not [r for r in cloud.of_type("pulumi:index:Stash") if r.name == "m-image"]
+    assert not [t for t, _ in cloud.invokes if "getImage" in t]
     assert cloud.named("m-k3s-0").inputs["blockDevices"][0]["uuid"] == image
 
 

@@ -141,7 +141,8 @@ def props(**overrides):
         "jobName": "decommission-vexxhost-k3s-2", "addresses": ["198.18.3.3:26257"], "ownAddresses": VEXXHOST,
         "rpcHosts": ["10.20.0.10", "10.20.0.11", "10.20.0.12"], "sqlHosts": ["198.18.3.1", "198.18.1.1"],
         "caPem": "ca", "certPem": "client.node.crt", "keyPem": "key", "kubeconfig": "kubeconfig",
-        "namespace": "cockroachdb", "image": "cockroachdb/cockroach:v26.2.0", "force": False, "timeoutSeconds": 600,
+        "namespace": "cockroachdb", "image": "cockroachdb/cockroach:v26.2.0", "clusterName": "crdb-federation",
+        "force": False, "timeoutSeconds": 600,
     }
     values.update(overrides)
     return values
@@ -153,11 +154,51 @@ def test_delete_decommissions_through_a_live_node_of_the_same_cloud_and_waits_fo
     assert decommission(props(), connect=lambda: sql, kube=kube, sleep=lambda s: None) == [9]
     command = kube.job["spec"]["template"]["spec"]["containers"][0]["command"][2]
     # Not through the node that is leaving: through the first node of the cloud that stays.
-    assert "node decommission 9 --host=10.20.0.10:26257 --wait=all" in command
+    assert ("node decommission 9 --host=10.20.0.10:26257 --cluster-name=crdb-federation "
+            "--cert-principal-map=node:root --wait=all") in command
     assert kube.job["metadata"] == {"name": "decommission-vexxhost-k3s-2", "namespace": "cockroachdb",
                                     "labels": kube.job["metadata"]["labels"]}
     assert ("DELETE", "/apis/batch/v1/namespaces/cockroachdb/jobs/decommission-vexxhost-k3s-2") in kube.calls
     assert {n.node_id: n.membership for n in read_nodes(sql.execute(NODES_SQL))}[9] == "decommissioned"
+
+
+def job_command(kube):
+    return kube.job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+
+
+def test_a_whole_cloud_leaves_through_a_live_node_of_another_cloud():
+    """A decommissioned node refuses connections (docs: node-shutdown, "--host={address of any live node}"): when
+    every node of the cloud leaves, the job goes through another cloud's, as it advertises itself."""
+    zte = [row(10 + i, f"198.18.4.{i}:26257", "zte") for i in range(1, 4)]
+    sql = FakeSql(FEDERATION + zte)
+    kube = FakeKube(sql)
+    assert decommission(props(addresses=VEXXHOST), connect=lambda: sql, kube=kube, sleep=lambda s: None) == [7, 8, 9]
+    assert "node decommission 7 8 9 --host=198.18.1.1:26257 " in job_command(kube)
+
+
+def test_a_job_that_fails_after_its_nodes_are_decommissioned_counts_as_done():
+    """The job's last RPC can fail once its nodes are gone; the cluster's membership decides."""
+    sql = FakeSql(FEDERATION)
+    kube = FakeKube(sql, outcome="failed")
+    original = kube.call
+
+    def decommissions_then_fails(method, path, body=None, *, text=False):
+        if method == "POST":
+            sql.decommissioned([9])
+        return original(method, path, body, text=text)
+
+    kube.call = decommissions_then_fails
+    assert decommission(props(), connect=lambda: sql, kube=kube, sleep=lambda s: None) == [9]
+
+
+def test_a_resource_created_before_it_knew_the_cluster_name_can_still_be_deleted():
+    """A dynamic resource's delete gets the properties stored when it was created or last updated."""
+    sql = FakeSql(FEDERATION)
+    kube = FakeKube(sql)
+    older = props()
+    del older["clusterName"]
+    assert decommission(older, connect=lambda: sql, kube=kube, sleep=lambda s: None) == [9]
+    assert "--disable-cluster-name-verification" in job_command(kube)
 
 
 def test_a_refused_removal_runs_no_job():

@@ -138,3 +138,37 @@ def test_the_federation_range_must_hold_the_seeds_nodes():
 def test_a_seed_without_its_licence_fails_preflight():
     [missing] = settings_findings("seed", stack_settings("seed", ROOT))
     assert missing.status == FAIL and missing.check == "Licence" and "enterpriseLicense" in missing.todo
+
+
+class Glance:
+    """The image API preflight asks: images by name, and one by id."""
+
+    def __init__(self, images):
+        self.by_id = {i.id: i for i in images}
+
+    def images(self, name):
+        return [i for i in self.by_id.values() if i.name == name]
+
+    def find_image(self, image_id, ignore_missing=True):
+        return self.by_id.get(image_id)
+
+
+def image_checks(images):
+    from types import SimpleNamespace
+
+    from federation.preflight import CloudChecks
+    connection = SimpleNamespace(image=Glance(images))
+    return CloudChecks("otc", stack_settings("otc", ROOT), connection)
+
+
+def test_an_image_the_cloud_retired_after_the_first_deploy_only_warns_while_the_pinned_one_exists():
+    from types import SimpleNamespace
+    renamed = SimpleNamespace(id="6f0d2b3e-7c4a-4f5e-9d1b-2a3c4d5e6f70", name="ubuntu-24.04-old", status="active",
+                              created_at="2026-01-01", os_type="linux", min_disk=0, min_ram=0)
+    [kept] = image_checks([renamed]).image({}, pinned=renamed.id)
+    assert kept.status == WARN and renamed.id in kept.todo
+    [gone] = image_checks([]).image({}, pinned=renamed.id)
+    assert gone.status == FAIL and "nor the pinned" in gone.found
+    # Before any deploy there is nothing pinned: the name must exist.
+    [first] = image_checks([renamed]).image({}, pinned=None)
+    assert first.status == FAIL and "no active image named" in first.found

@@ -217,12 +217,39 @@ def test_each_node_is_decommissioned_before_what_holds_it_and_the_cloud_before_i
     assert props["force"] is False
 
 
-def test_kubernetes_objects_go_with_the_cluster_not_before_the_decommissioning(member):
+def kube_objects(run):
+    return [r for r in run.cloud.resources if r.type.startswith("kubernetes:") and r.custom
+            and not r.type.startswith("pulumi:providers")]
+
+
+def test_kubernetes_objects_go_with_the_cluster_only_after_the_decommissioning(member):
+    """The engine deletes independent resources in parallel, batch by batch (step_generator.go ScheduleDeletes),
+    and when a delete fails it spares only what that resource depends on: so the whole cloud's decommissioning
+    depends on every Kubernetes object. They then go after it (as no-ops: deleted with the cluster's server),
+    and a refusal keeps them in the state, next to the servers it keeps."""
     server = member.cloud.named("vexxhost-k3s-0")
-    for r in member.cloud.resources:
-        if r.type.startswith("kubernetes:") and r.custom and not r.type.startswith("pulumi:providers"):
-            assert r.options["deleted_with"] == server.urn, r.name
+    whole = member.cloud.named("vexxhost-decommission")
+    objects = kube_objects(member)
+    assert len(objects) > 10
+    for r in objects:
+        assert r.options["deleted_with"] == server.urn, r.name
+        assert member.cloud.depends_on(whole, r), r.name
     assert daemonset(member).options["custom_timeouts"] == {"create": "30m", "update": "30m"}
+
+
+def test_the_kubernetes_provider_is_the_members_whatever_its_kubeconfig(member):
+    """pulumi-kubernetes v4.32.0 DiffConfig replaces the provider when the kubeconfig is unknown or names another
+    cluster, and every object with it, create-before-delete under the same names; clusterIdentifier alone
+    decides instead."""
+    provider = member.cloud.one("pulumi:providers:kubernetes")
+    assert provider.inputs["clusterIdentifier"] == "vexxhost"
+
+
+def test_a_failed_init_is_run_again_but_nothing_else_re_creates_it(signing_seed):
+    init = signing_seed.cloud.named("seed-init")
+    assert init.options["ignore_changes"] == ["metadata", "spec"]
+    assert init.options["delete_before_replace"] is True
+    assert init.options.get("replace_on_changes") == ["*"]
 
 
 def plans(run):
@@ -311,6 +338,15 @@ def test_existing_kubernetes_stack_builds_no_servers(seed_outputs):
     for decommission in (run.cloud.named("mag-node-0-decommission"), run.cloud.named("magnum-decommission")):
         assert run.cloud.depends_on(decommission, daemonset(run))
         assert not decommission.options["deleted_with"]
+    # Deleting a label patch takes the label off: the DaemonSet would stop the node's pod before its replicas
+    # moved. Each patch, and the node Secret and namespace the decommission Job needs, go only after it.
+    for node in ("mag-node-0", "mag-node-1"):
+        decommission = run.cloud.named(f"{node}-decommission")
+        for needed in (f"magnum-{node}-label", "magnum-cockroachdb-node-certs", "magnum-ns"):
+            assert run.cloud.depends_on(decommission, run.cloud.named(needed)), (node, needed)
+    whole = run.cloud.named("magnum-decommission")
+    for r in kube_objects(run):
+        assert run.cloud.depends_on(whole, r), r.name
 
 
 def test_invalid_settings_create_nothing():

@@ -134,3 +134,23 @@ def test_probe_reports_connection_refused(api_server):
     s = api_server
     ready, seen = probe_readyz("https://127.0.0.1:1/readyz", s["ca"], s["cert"], s["key"], timeout=2)
     assert not ready and "refused" in seen.lower()
+
+
+def test_a_new_server_behind_the_same_address_is_waited_for_again(monkeypatch):
+    """A healed or replaced server 0 keeps its address (the port and floating IP stay) but boots a new API."""
+    from components import readiness
+
+    waited = []
+    monkeypatch.setattr(readiness._ApiReadinessProvider, "_wait", lambda self, props: waited.append(props["serverId"]))
+    provider = readiness._ApiReadinessProvider()
+    old = {"url": "https://198.18.0.10:6443/readyz", "serverId": "a", "caPem": "ca", "certPem": "c", "keyPem": "k",
+           "kubeconfig": "kc", "__provider": "ref"}
+    healed = {**old, "serverId": "b"}
+    assert provider.diff("id", old, healed).changes
+    provider.update("id", old, healed)
+    # Only the stored provider reference changed: the state is rewritten, nothing is waited for.
+    moved = {**old, "__provider": "new-ref"}
+    assert provider.diff("id", old, moved).changes
+    provider.update("id", old, moved)
+    assert waited == ["b"]
+    assert not provider.diff("id", old, dict(old)).changes
