@@ -23,10 +23,11 @@ class KubeApi:
         self.context = client_tls_context(*(base64.b64decode(data).decode() for data in (
             cluster["certificate-authority-data"], user["client-certificate-data"], user["client-key-data"])))
 
-    def call(self, method: str, path: str, body: Optional[dict] = None, *, text: bool = False) -> Any:
+    def call(self, method: str, path: str, body: Optional[dict] = None, *, text: bool = False,
+             content_type: str = "application/json") -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.server + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": content_type})
         with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
             payload = response.read().decode()
         return payload if text else json.loads(payload or "{}")

@@ -4,10 +4,11 @@
 # (messages go to stderr, so `bin=$(scripts/install-kubernetes.sh)` is safe on a first run). A second run
 # finds the cache and takes well under a second.
 #
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet  k8s.io/kubernetes (the kubelet only
-#       parses its flags here: it is the judge of every kubelet-arg the user data gives k3s)
-#   kine                                                              github.com/k3s-io/kine (SQLite)
-#   kwok                                                              sigs.k8s.io/kwok (simulated nodes, pods)
+#   kube-apiserver, kube-controller-manager, kube-scheduler  k8s.io/kubernetes: the stand-in's control plane
+#   kubelet   only parses its flags and drop-ins here: the judge of what the user data gives k3s's kubelet
+#   kubectl   to look at a stand-in's objects by hand (README: Testing)
+#   kine      github.com/k3s-io/kine, k3s's own datastore shim, with SQLite
+#   kwok      sigs.k8s.io/kwok: simulated kubelets (nodes and pods; containers never run)
 #
 # k8s.io/kubernetes' go.mod replaces its staging modules (k8s.io/api, ...) with ./staging paths, so
 # `go install k8s.io/kubernetes/cmd/...@v` is refused; a wrapper module requires it and points each staging
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 KUBERNETES_VERSION=1.35.4
 KINE_VERSION=0.17.5
 KWOK_VERSION=0.8.0
-COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
 cache="${CRDB_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crdb-federation}/kubernetes/v$KUBERNETES_VERSION-kine$KINE_VERSION-kwok$KWOK_VERSION"
 bin="$cache/bin"
@@ -26,6 +27,7 @@ say() { echo "$*" >&2; }
 
 complete() {
   for name in "${COMMANDS[@]}" kine kwok; do [ -x "$bin/$name" ] || return 1; done
+  [ -s "$bin/kwok-stages.yaml" ]
 }
 if complete; then echo "$bin"; exit 0; fi
 
@@ -56,7 +58,15 @@ say "building Kubernetes v$KUBERNETES_VERSION (${COMMANDS[*]}), kine v$KINE_VERS
   GOBIN="$work/out" go install -trimpath -ldflags "-s -w" "github.com/k3s-io/kine@v$KINE_VERSION"
   GOBIN="$work/out" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
 ) >&2
+# kwok ships its lifecycle stages as YAML beside its code (kwokctl embeds them; kwok needs them as --config):
+# nodes become Ready and renew their leases, pods become Ready, Job pods complete, deleted pods go.
+kwok_dir=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+             pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+  cat "$kwok_dir/kustomize/stage/$stage.yaml"
+  echo "---"
+done > "$work/out/kwok-stages.yaml"
 mkdir -p "$bin"
-for name in "${COMMANDS[@]}" kine kwok; do mv "$work/out/$name" "$bin/$name"; done
+for name in "${COMMANDS[@]}" kine kwok kwok-stages.yaml; do mv "$work/out/$name" "$bin/$name"; done
 "$bin/kube-apiserver" --version >&2
 echo "$bin"

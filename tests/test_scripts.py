@@ -57,13 +57,19 @@ def test_credentials_found_in_clouds_yaml(tmp_path):
 # installer onto stdout shows up in what the caller would put on PATH.
 FAKE_GO = r"""#!/bin/bash
 [ "$1 $2" = "env GOMODCACHE" ] && { echo "$FAKE_MODCACHE"; exit 0; }
+if [ "$1 $2" = "mod download" ]; then  # like go: JSON on stdout, nothing else
+  mkdir -p "$FAKE_MODCACHE/cache/download/k8s.io/kubernetes/@v"
+  printf 'replace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n)\n' \
+    > "$FAKE_MODCACHE/cache/download/k8s.io/kubernetes/@v/v1.35.4.mod"
+  for stage in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+               pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+    mkdir -p "$FAKE_MODCACHE/kwok/kustomize/stage/${stage%/*}"
+    echo "kind: Stage" > "$FAKE_MODCACHE/kwok/kustomize/stage/$stage.yaml"
+  done
+  printf '{\n\t"Dir": "%s",\n}\n' "$FAKE_MODCACHE/kwok"
+  exit 0
+fi
 echo "go: chatter on stdout from: go $*"
-case "$1 $2" in
-  "mod download")
-    mkdir -p "$FAKE_MODCACHE/cache/download/k8s.io/kubernetes/@v"
-    printf 'replace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n)\n' \
-      > "$FAKE_MODCACHE/cache/download/k8s.io/kubernetes/@v/v1.35.4.mod" ;;
-esac
 binary() { printf '#!/bin/sh\necho v3.259.0\necho Kubernetes v1.35.4\n' > "$1"; chmod +x "$1"; }
 if [ "$1" = build ]; then
   shift; out=""
