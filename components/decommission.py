@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.error
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import pulumi
 import pulumi.dynamic as dynamic
@@ -35,6 +35,7 @@ from .tls_files import write_private
 MINIMUM_NODES = 3
 POLL_SECONDS = 10.0
 TIMEOUT_SECONDS = 6 * 3600
+# One decommission Job at a time within a stack's deployment (its dynamic resources share one process).
 _ONE_AT_A_TIME = threading.Lock()
 FORCE_KEY = "crdb-federation:forceRemoval"
 # The same, read when the delete runs: for a stack whose `up` cannot complete to record forceRemoval.
@@ -46,14 +47,14 @@ class DecommissionRefused(Exception):
 
 
 def plan_decommission(nodes: Sequence[Node], addresses: Sequence[str], replication_factor: int,
-                      minimum_nodes: int = MINIMUM_NODES) -> list[Node]:
+                      minimum_nodes: int = MINIMUM_NODES, leaving: Collection[str] = ()) -> list[Node]:
     """The nodes to decommission (those advertising `addresses` that are not decommissioned yet), or a
-    refusal naming what would be left. Only live, active nodes count as remaining, and a node whose
-    locality names no cloud counts as no cloud."""
+    refusal naming what would be left. Only live, active nodes count as remaining, a node whose locality
+    names no cloud counts as no cloud, and nodes another removal holds a lease on (`leaving`) do not count."""
     targets = [n for n in nodes if n.address in addresses and n.membership != "decommissioned"]
     if not targets:
         return []
-    remaining = [n for n in nodes if n.serving and n not in targets]
+    remaining = [n for n in nodes if n.serving and n not in targets and n.address not in leaving]
     clouds = sorted({n.cloud for n in remaining if n.cloud != UNKNOWN_CLOUD})
     problems = []
     if len(remaining) < minimum_nodes:
@@ -68,6 +69,44 @@ def plan_decommission(nodes: Sequence[Node], addresses: Sequence[str], replicati
             f"clouds first; or, for nodes that never joined or were decommissioned by hand, set {FORCE_KEY} true "
             f"(or {FORCE_ENVIRONMENT}=true for this run).")
     return targets
+
+
+# A removal's claim on the nodes it takes away, in the cluster itself: every stack's removal runs in its own
+# engine (the provider process's lock serialises one stack only), so two clouds removed at once could each
+# pass the check above against a cluster that still counts the other. The check and the claim are one
+# serializable transaction; CockroachDB makes one of two concurrent ones retry, and the retry sees the other's
+# lease. A lease expires with the decommission's own deadline, so one left by a killed run does not block.
+LEASE_TABLE = "crdb_federation.decommissions"
+LEASE_SCHEMA = ("CREATE DATABASE IF NOT EXISTS crdb_federation",
+                f"CREATE TABLE IF NOT EXISTS {LEASE_TABLE} (holder STRING PRIMARY KEY, addresses STRING[] NOT NULL, "
+                "expires TIMESTAMPTZ NOT NULL)")
+OTHER_LEASES_SQL = f"SELECT addresses FROM {LEASE_TABLE} WHERE holder != %s AND expires > now()"
+TAKE_LEASE_SQL = (f"UPSERT INTO {LEASE_TABLE} (holder, addresses, expires) "
+                  "VALUES (%s, %s, now() + %s * INTERVAL '1 second')")
+RELEASE_LEASE_SQL = f"DELETE FROM {LEASE_TABLE} WHERE holder = %s"
+LEASE_ATTEMPTS = 5
+
+
+def plan_under_lease(connection: Any, holder: str, addresses: Sequence[str], seconds: int) -> list[Node]:
+    """plan_decommission, with the nodes other removals are taking away counted as gone, and a lease on
+    this removal's own targets taken in the same transaction."""
+    from psycopg.errors import SerializationFailure
+
+    for statement in LEASE_SCHEMA:
+        connection.execute(statement)
+    for _ in range(LEASE_ATTEMPTS):
+        try:
+            with connection.transaction():
+                leaving = {a for (held,) in connection.execute(OTHER_LEASES_SQL, (holder,)).fetchall() for a in held}
+                targets = plan_decommission(read_nodes(connection), addresses, read_replication_factor(connection),
+                                            leaving=leaving)
+                if targets:
+                    connection.execute(TAKE_LEASE_SQL, (holder, [t.address for t in targets], seconds))
+            return targets
+        except SerializationFailure:
+            continue
+    raise DecommissionRefused(f"another removal kept changing the cluster's leases ({LEASE_ATTEMPTS} attempts); "
+                              "nothing was deleted. Run it again.")
 
 
 class SqlEndpoint:
@@ -162,21 +201,25 @@ def decommission(props: dict[str, Any], *, connect: Optional[Callable[[], Any]] 
             f"Run this from a machine in adminCidrs while the cluster answers; or, for nodes that never joined or "
             f"were decommissioned by hand, set {FORCE_KEY} true (or {FORCE_ENVIRONMENT}=true for this run).") from None
     with connection:
-        nodes = read_nodes(connection)
-        targets = plan_decommission(nodes, props["addresses"], read_replication_factor(connection))
+        holder = props["jobName"]
+        targets = plan_under_lease(connection, holder, props["addresses"], int(props["timeoutSeconds"]))
         if not targets:
             return []
-        ids = [t.node_id for t in targets]
-        host = decommission_host(nodes, targets, list(zip(props["ownAddresses"], props["rpcHosts"])))
-        manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids, host,
-                                           int(props["timeoutSeconds"]), props.get("clusterName"))
         try:
-            run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
-        except DecommissionRefused:
-            # The job's own connection can fail at the very end (the node it went through may be the last to
-            # leave): what counts is the membership the cluster reports.
-            if not all(state == "decommissioned" for state in _memberships(connection, ids).values()):
-                raise
+            ids = [t.node_id for t in targets]
+            host = decommission_host(read_nodes(connection), targets,
+                                     list(zip(props["ownAddresses"], props["rpcHosts"])))
+            manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids, host,
+                                               int(props["timeoutSeconds"]), props.get("clusterName"))
+            try:
+                run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
+            except DecommissionRefused:
+                # The job's own connection can fail at the very end (the node it went through may be the last
+                # to leave): what counts is the membership the cluster reports.
+                if not all(state == "decommissioned" for state in _memberships(connection, ids).values()):
+                    raise
+        finally:
+            connection.execute(RELEASE_LEASE_SQL, (holder,))
         left = _memberships(connection, ids)
         if any(state != "decommissioned" for state in left.values()):
             raise DecommissionRefused(f"after the decommission job, nodes are {left}, not all decommissioned; "

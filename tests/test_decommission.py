@@ -7,8 +7,13 @@ import datetime
 
 import pytest
 
+import contextlib
+
 from components.cluster import DEFAULT_ZONE_SQL, NODES_SQL, read_nodes
-from components.decommission import DecommissionRefused, decommission, plan_decommission, run_decommission_job
+from components.decommission import (
+    LEASE_SCHEMA, OTHER_LEASES_SQL, RELEASE_LEASE_SQL, TAKE_LEASE_SQL, DecommissionRefused, decommission,
+    plan_decommission, plan_under_lease, run_decommission_job,
+)
 
 STARTED = datetime.datetime(2026, 12, 1, 8, 0)
 
@@ -35,15 +40,40 @@ class FakeSql:
     """Answers the queries components/cluster.py sends, like CockroachDB's crdb_internal tables; a
     decommission (done by the fake job) changes the membership it reports afterwards."""
 
-    def __init__(self, rows, factor=3):
+    def __init__(self, rows, factor=3, leases=None):
         self.rows, self.factor, self.queries = list(rows), factor, []
+        # holder -> addresses of live leases (the lease table; expiry is the database's business).
+        self.leases = dict(leases or {})
+        self.conflicts = 0  # serialization failures to answer the next transactions with
 
-    def execute(self, sql):
+    def execute(self, sql, params=()):
         self.queries.append(sql)
-        self._result = {NODES_SQL: self.rows, DEFAULT_ZONE_SQL: [(
-            f"ALTER RANGE default CONFIGURE ZONE USING\n\trange_min_bytes = 134217728,\n\tnum_replicas = "
-            f"{self.factor},\n\tgc.ttlseconds = 14400",)]}[sql]
+        if sql in LEASE_SCHEMA:
+            self._result = []
+        elif sql == OTHER_LEASES_SQL:
+            self._result = [(addresses,) for holder, addresses in self.leases.items() if holder != params[0]]
+        elif sql == TAKE_LEASE_SQL:
+            self.leases[params[0]] = list(params[1])
+            self._result = []
+        elif sql == RELEASE_LEASE_SQL:
+            self.leases.pop(params[0], None)
+            self._result = []
+        else:
+            self._result = {NODES_SQL: self.rows, DEFAULT_ZONE_SQL: [(
+                f"ALTER RANGE default CONFIGURE ZONE USING\n\trange_min_bytes = 134217728,\n\tnum_replicas = "
+                f"{self.factor},\n\tgc.ttlseconds = 14400",)]}[sql]
         return self
+
+    @contextlib.contextmanager
+    def transaction(self):
+        from psycopg.errors import SerializationFailure
+
+        before = dict(self.leases)
+        yield
+        if self.conflicts:
+            self.conflicts -= 1
+            self.leases = before  # rolled back
+            raise SerializationFailure("restart transaction: TransactionRetryWithProtoRefreshError")
 
     def fetchall(self):
         return self._result
@@ -276,3 +306,35 @@ def test_deletes_of_one_stack_run_one_after_another(monkeypatch):
     for thread in threads:
         thread.join()
     assert overlapped == [False, False]
+
+
+def test_a_removal_counts_the_nodes_another_removal_is_taking_away():
+    """Two clouds removed at once by two operators: each stack's engine is its own process, so only the
+    cluster can tell one removal of the other. vexxhost's removal holds a lease on its nodes; otc's then
+    sees only two clouds remaining and refuses."""
+    zte = [row(10 + i, f"198.18.4.{i}:26257", "zte") for i in range(1, 4)]
+    sql = FakeSql(FEDERATION + zte, leases={"decommission-vexxhost-decommission": VEXXHOST})
+    otc = ["198.18.2.1:26257", "198.18.2.2:26257", "198.18.2.3:26257"]
+    with pytest.raises(DecommissionRefused, match=r"only 2 cloud\(s\) would remain \(seed, zte\)"):
+        plan_under_lease(sql, "decommission-otc-decommission", otc, 600)
+    assert "decommission-otc-decommission" not in sql.leases
+    # Once vexxhost's removal is done (its lease released), otc may go, and holds a lease while it does.
+    del sql.leases["decommission-vexxhost-decommission"]
+    assert [n.node_id for n in plan_under_lease(sql, "decommission-otc-decommission", otc, 600)] == [4, 5, 6]
+    assert sql.leases == {"decommission-otc-decommission": otc}
+
+
+def test_a_transaction_the_database_makes_retry_is_run_again():
+    sql = FakeSql(FEDERATION)
+    sql.conflicts = 2
+    assert [n.node_id for n in plan_under_lease(sql, "h", ["198.18.3.3:26257"], 600)] == [9]
+    assert sql.leases == {"h": ["198.18.3.3:26257"]}
+
+
+def test_the_lease_is_released_after_the_job_whatever_it_did():
+    sql = FakeSql(FEDERATION)
+    with pytest.raises(DecommissionRefused):
+        decommission(props(), connect=lambda: sql, kube=FakeKube(sql, outcome="failed"), sleep=lambda s: None)
+    assert sql.leases == {}
+    assert decommission(props(), connect=lambda: sql, kube=FakeKube(sql), sleep=lambda s: None) == [9]
+    assert sql.leases == {}
