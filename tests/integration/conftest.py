@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.integration import overlay
-from tests.integration.project import ROOT, LocalCloud, Project, start_local_cloud, stop_local_cloud
+from tests.integration.project import ROOT, LocalCloud, Project, StandIn, start_local_cloud, stop_local_cloud
 
 PULUMI_VERSION = "v3.259.0"
 PLUGINS = ("openstack", "kubernetes", "tls", "random")
@@ -86,6 +87,24 @@ def local_cloud(toolchain, tmp_path_factory) -> LocalCloud:
     yield cloud
     if not os.environ.get("CRDB_KEEP_LOCALCLOUD"):
         stop_local_cloud()
+
+
+@pytest.fixture(scope="session")
+def standin(local_cloud, kubernetes_binaries, tmp_path_factory) -> StandIn:
+    """The k3s stand-in for every stack the tests bring up (tests/integration/standin), for the whole session."""
+    state = tmp_path_factory.mktemp("standin")
+    log = open(state / "standin.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.standin", "--state", str(state), "--binaries",
+         str(kubernetes_binaries), "--cloud", local_cloud.name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "OS_CLIENT_CONFIG_FILE": str(local_cloud.clouds_yaml)})
+    yield StandIn(state, kubernetes_binaries)
+    process.terminate()
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
 
 
 @pytest.fixture(scope="module")

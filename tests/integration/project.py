@@ -41,6 +41,34 @@ def stop_local_cloud() -> None:
     subprocess.run(["bash", str(LOCALCLOUD), "stop"], capture_output=True)
 
 
+@dataclass(frozen=True)
+class StandIn:
+    """The running k3s stand-in: each stack's report and a client for its Kubernetes API."""
+
+    state: Path
+    binaries: Path
+
+    def report(self, member: str) -> dict:
+        path = self.state / member / "report.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def api(self, member: str):
+        from components.kube_api import KubeApi
+
+        kubeconfig = self.report(member).get("adminKubeconfig")
+        if not kubeconfig:
+            raise AssertionError(f"no control plane runs for {member}: {self.report(member).get('events')}")
+        return KubeApi(Path(kubeconfig).read_text())
+
+    def get(self, member: str, path: str) -> dict:
+        return self.api(member).call("GET", path)
+
+    def kubectl(self, member: str, *args: str) -> str:
+        kubeconfig = self.report(member)["adminKubeconfig"]
+        return subprocess.run([str(self.binaries / "kubectl"), "--kubeconfig", kubeconfig, *args],
+                              capture_output=True, text=True, check=True).stdout
+
+
 class Project:
     """A copy of the project whose stacks are re-pointed at the local cloud, with its own file backend."""
 
@@ -81,11 +109,12 @@ class Project:
         events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         return events, done.stdout + done.stderr
 
-    def tool(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    def tool(self, *args: str, timeout: float = 1200, env: Optional[dict[str, str]] = None
+             ) -> subprocess.CompletedProcess:
         """`python -m federation ...` inside the copy, on the same backend."""
         return subprocess.run([str(ROOT / "venv" / "bin" / "python"), "-m", "federation", *args],
                               cwd=self.directory, env={**self.env, "PATH": f"{Path(self.pulumi).parent}:"
-                                                                          f"{os.environ['PATH']}"},
+                                                                          f"{os.environ['PATH']}", **(env or {})},
                               capture_output=True, text=True, timeout=timeout)
 
 

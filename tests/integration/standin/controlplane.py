@@ -65,6 +65,14 @@ class StandInError(Exception):
     pass
 
 
+def _signal(process: subprocess.Popen, number: int) -> None:
+    """To the component's whole process group (each starts a session of its own)."""
+    try:
+        os.killpg(process.pid, number)
+    except ProcessLookupError:
+        pass
+
+
 def classify(config: dict[str, Any]) -> dict[str, list[str]]:
     """Each key of a k3s config: honoured or checked here, not checkable, or unknown to the stand-in."""
     found: dict[str, list[str]] = {"honoured": [], "unchecked": [], "unknown": []}
@@ -123,14 +131,15 @@ class ControlPlane:
                              "--node-lease-duration-seconds=40", f"--cidr={CLUSTER_CIDR}"])
 
     def stop(self) -> None:
+        """Every component, then the address; safe to call again (and after a start that failed half-way)."""
         for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+            _signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + 20
         for process in reversed(self.processes):
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                _signal(process, signal.SIGKILL)
                 process.wait()
         self.processes = []
         subprocess.run(["ip", "addr", "del", f"{self.public_ip}/32", "dev", "lo"], capture_output=True)

@@ -49,6 +49,8 @@ class Watcher:
         self.cloud, self.state, self.binaries, self.only = cloud, state, binaries, only
         self.stacks: dict[str, Stack] = {}
         self.user_data: dict[str, NodeUserData] = {}
+        # Every control plane ever started, so that none outlives the watcher.
+        self.started: list[ControlPlane] = []
 
     # ----------------------------------------------------------------------------------------- one round
     def round(self) -> None:
@@ -102,6 +104,7 @@ class Watcher:
         self._event(stack, f"server 0 {server0.id} is ACTIVE at {plane.public_ip}: starting its control plane "
                            f"(datastore of volume {volume})")
         started = time.monotonic()
+        self.started.append(plane)
         try:
             plane.start()
         except StandInError as error:
@@ -120,13 +123,13 @@ class Watcher:
         if not data.is_server:
             problem = self._agent_problem(stack, data)
             if problem:
-                stack.report["nodes"][server.name] = {"registered": False, "problem": problem}
+                stack.report["nodes"][server.name].update(registered=False, problem=problem)
                 self._event(stack, f"{server.name}: not registered: {problem}")
                 stack.registered[server.name] = server.id  # its k3s agent would retry the same forever
                 return
         stack.plane.register(data)
         stack.registered[server.name] = server.id
-        stack.report["nodes"][server.name] = {"registered": True, "serverId": server.id}
+        stack.report["nodes"][server.name].update(registered=True, serverId=server.id)
         self._event(stack, f"{server.name}: Node registered")
 
     def _agent_problem(self, stack: Stack, agent: NodeUserData) -> Optional[str]:
@@ -189,6 +192,5 @@ class Watcher:
         path.write_text(json.dumps(stack.report, indent=1))
 
     def stop(self) -> None:
-        for stack in self.stacks.values():
-            if stack.plane:
-                stack.plane.stop()
+        for plane in self.started:
+            plane.stop()
