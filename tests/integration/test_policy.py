@@ -7,6 +7,10 @@ STACK = "otc"
 
 
 def _policy_preview(project):
+    # Without its virtualenv the language host tries to make one inside the test namespace (no network) and
+    # the preview hangs instead of failing.
+    assert (project.directory / "policy" / "venv" / "bin" / "python").exists(), (
+        "missing: policy/venv, the policy pack's virtualenv (scripts/policy-venv.sh makes it; test.sh runs it)")
     project.select("seed")  # the member's seed stack exists, with no outputs yet, as in a pull request
     project.select(STACK)
     return project.run("preview", "--policy-pack", "policy", stack=STACK, check=False, timeout=900)

@@ -47,18 +47,35 @@ def test_the_cli_refuses_what_the_resolver_refuses(project):
             project.run("stack", "rm", "--yes", "--force", stack=stack, check=False)
 
 
+# The engine reports a plugin that did not acknowledge its Cancel within 5 s of the
+# host's shutdown as "exited prematurely" (pulumi v3.259.0 pkg/host/host.go Close,
+# pkg/resource/plugin/plugin.go Close; pulumi/pulumi#22662, open). With four previews
+# on two cores the kubernetes plugin sometimes misses that window after a preview
+# that was otherwise complete. Such a stack is previewed once more; any other error,
+# or the same one twice, fails.
+PREMATURE_EXIT = "exited prematurely"
+
+
+def preview_errors(project, stack: str) -> tuple[list[str], dict, str]:
+    events, output = project.events("preview", stack)
+    errors = [e["diagnosticEvent"]["message"] for e in events
+              if e.get("diagnosticEvent", {}).get("severity") == "error"]
+    return errors, step_ops(events, "openstack:"), output
+
+
 def test_every_stack_previews_on_the_real_engine(project):
     def preview(stack: str):
         project.select(stack)
-        return stack, *project.events("preview", stack)
+        errors, ops, output = preview_errors(project, stack)
+        if errors and all(PREMATURE_EXIT in error for error in errors):
+            print(f"{stack}: {errors[0].splitlines()[0]} (pulumi/pulumi#22662); previewing again")
+            errors, ops, output = preview_errors(project, stack)
+        return stack, errors, ops, output
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(preview, STACKS))
     failures = {}
-    for stack, events, output in results:
-        errors = [e["diagnosticEvent"]["message"] for e in events
-                  if e.get("diagnosticEvent", {}).get("severity") == "error"]
-        ops = step_ops(events, "openstack:")
+    for stack, errors, ops, output in results:
         if errors or not ops or set(ops.values()) != {"create"}:
             failures[stack] = errors or output[-2000:]
     assert not failures, failures
