@@ -122,8 +122,9 @@ def main() -> int:
     results: dict = {"cpus": os.cpu_count(), "pulumi": pulumi}
 
     floor.select("floor")
-    floor.run("preview")  # warm-up: plugin and language-host caches
-    results["floor_s"] = statistics.median(timed(lambda: floor.run("preview")) for _ in range(args.floor_runs))
+    floor.run("preview", stack="floor")  # warm-up: plugin and language-host caches
+    results["floor_s"] = statistics.median(timed(lambda: floor.run("preview", stack="floor"))
+                                           for _ in range(args.floor_runs))
 
     stacks = stack_names()
     for stack in stacks:
@@ -132,9 +133,9 @@ def main() -> int:
     results["preview_s"] = {stack: timed(lambda: project.run("preview", stack=stack)) for stack in stacks}
 
     tool = [str(ROOT / "venv" / "bin" / "python"), "-m", "federation", "preview", "--no-dashboard",
-            "--parallel", "16", "--runs-dir", str(work / "runs")]
+            "--parallel", "16", "--runs-dir", str(work / "runs"), "--passphrases", str(project.passphrases)]
     elapsed, rss, pss, done = peak_tree_memory(tool, cwd=project.directory,
-                                               env={**project.env, "PATH": f"{Path(pulumi).parent}:{os.environ['PATH']}"})
+                                               env={**project.env(), "PATH": f"{Path(pulumi).parent}:{os.environ['PATH']}"})
     (work / "concurrent-preview.log").write_text(done.stdout)
     results["concurrent"] = {"stacks": len(stacks), "exit": done.returncode, "makespan_s": elapsed,
                              "peak_rss_bytes": rss, "peak_pss_bytes": pss}

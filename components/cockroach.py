@@ -11,7 +11,8 @@ import pulumi_kubernetes as k8s
 from . import cockroach_manifests as m
 from .cloudinit import no_proxy_list
 from .federation import (
-    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, covers, spread_join, stack_output,
+    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, covers, pinned_bundle, signed_for, spread_join,
+    stack_output, warn_if_readable,
 )
 from .kubernetes import KubeNode
 from .settings import COCKROACH_PORT, Settings
@@ -39,7 +40,7 @@ class Seed:
         self.admissions = MemberAdmissions(
             f"{name}-admissions", seed_member=c.member, seed_ips=pulumi.Output.all(own_public, own_private).apply(
                 lambda v: v[0] + v[1]), seed_join=own_join, member_stacks=c.members, authority=self.authority,
-            opts=opts)
+            allow_rekey=c.allow_rekey, shared_secrets=c.shared_secrets, opts=opts)
         # Seed nodes find each other privately, and the members through their public addresses.
         join = pulumi.Output.all(own_private, self.admissions.federation_join, own_join).apply(lambda v: spread_join(
             [(c.member, [f"{ip}:{COCKROACH_PORT}" for ip in v[0][:OWN_JOIN_COUNT]])]
@@ -50,27 +51,45 @@ class Seed:
 
 def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.ResourceOptions) -> Trust:
     """A member's CA certificates, its signed certificates (None until the seed signed them) and join list,
-    from the seed stack, or from explicit config for a member that cannot read the seed's outputs."""
+    from the seed stack, or from explicit config for a member that cannot read the seed's outputs.
+
+    Nothing read from the seed is taken on trust: its CA certificates must be the ones the member pinned
+    (caSha256, clientCaSha256: handed over out of band, as k3s's K10 token pins its CA), and each signed
+    certificate must chain to them and be for this stack's own key."""
     c = settings.cockroach
     explicit = list(c.join_addresses)
     if not c.seed_stack:
-        return Trust(pulumi.Output.from_input(c.ca_certificate), pulumi.Output.from_input(c.client_ca_certificate),
-                     identity.key_pem, pulumi.Output.from_input(c.node_certificate),
-                     pulumi.Output.from_input(c.node_client_certificate), pulumi.Output.from_input(explicit))
-    seed = pulumi.StackReference(c.seed_stack, opts=opts)
-    todo = ("Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
-            "crdb-federation:joinAddresses, caCertificate and clientCaCertificate instead of seedStack.")
+        ca, client_ca = pulumi.Output.from_input(c.ca_certificate), pulumi.Output.from_input(c.client_ca_certificate)
+        node, client = pulumi.Output.from_input(c.node_certificate), pulumi.Output.from_input(c.node_client_certificate)
+        source, join = "crdb-federation:caCertificate", pulumi.Output.from_input(explicit)
+    else:
+        seed = pulumi.StackReference(c.seed_stack, opts=opts)
+        todo = ("Bring the seed up first (scripts/up.sh seed, or python -m federation join), or set "
+                "crdb-federation:joinAddresses, caCertificate and clientCaCertificate instead of seedStack.")
 
-    def output(name: str) -> pulumi.Output:
-        return stack_output(seed, c.seed_stack, name, "seedStack", todo)
+        def output(name: str) -> pulumi.Output:
+            return stack_output(seed, c.seed_stack, name, "seedStack", todo)
 
-    seed_member = output("member").apply(lambda name: _other_than(name, c.member))
-    own = fully_qualified_stack()
-    signed = pulumi.Output.all(output("signedCertificates"), seed_member).apply(lambda v: v[0].get(own) or {})
-    join = output("federationJoin").apply(lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit)))
-    return Trust(output("caCertificate"), output("clientCaCertificate"), identity.key_pem,
-                 signed.apply(lambda s: s.get("node") or c.node_certificate),
-                 signed.apply(lambda s: s.get("client") or c.node_client_certificate), join)
+        if not c.shared_secrets:
+            seed.get_output("rootClientKey").apply(
+                lambda v: warn_if_readable(v, c.seed_stack, "rootClientKey"))
+        source = f"the seed's ({c.seed_stack}) output"
+        ca = output("caCertificate").apply(lambda pem: pinned_bundle(pem, c.ca_sha256, "caSha256",
+                                                                     f"{source} caCertificate"))
+        client_ca = output("clientCaCertificate").apply(lambda pem: pinned_bundle(
+            pem, c.client_ca_sha256, "clientCaSha256", f"{source} clientCaCertificate"))
+        seed_member = output("member").apply(lambda name: _other_than(name, c.member))
+        own = fully_qualified_stack()
+        signed = pulumi.Output.all(output("signedCertificates"), seed_member).apply(lambda v: v[0].get(own) or {})
+        node = signed.apply(lambda s: s.get("node") or c.node_certificate)
+        client = signed.apply(lambda s: s.get("client") or c.node_client_certificate)
+        join = output("federationJoin").apply(lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit)))
+    # The check reads the (secret) key; what it passes on is the certificate, which is public.
+    node = pulumi.Output.unsecret(pulumi.Output.all(node, ca, identity.key_pem).apply(
+        lambda v: signed_for(v[0], v[1], v[2], f"the node certificate from {source}")))
+    client = pulumi.Output.unsecret(pulumi.Output.all(client, client_ca, identity.key_pem).apply(
+        lambda v: signed_for(v[0], v[1], v[2], f"the client.node certificate from {source}")))
+    return Trust(ca, client_ca, identity.key_pem, node, client, join)
 
 
 def _other_than(seed_member: str, member: str) -> str:

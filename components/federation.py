@@ -141,6 +141,74 @@ class AdmissionError(pulumi.RunError):
     """The seed refuses to sign what a member asked for."""
 
 
+class TrustError(pulumi.RunError):
+    """What a member read (from the seed's outputs or its own config) is not what it trusts."""
+
+
+def certificates_in(pem: str) -> list[Any]:
+    """Every certificate of a PEM bundle (during a CA rotation the seed's CA output holds two)."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificates(pem.encode())
+
+
+def sha256_fingerprint(certificate: Any) -> str:
+    """As `openssl x509 -noout -fingerprint -sha256` prints it, in lower case without colons."""
+    from cryptography.hazmat.primitives import hashes
+
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def fingerprints(pem: str) -> list[str]:
+    return [sha256_fingerprint(c) for c in certificates_in(pem)]
+
+
+def pinned_bundle(pem: str, pins: Sequence[str], key: str, source: str) -> str:
+    """The CA bundle `pem`, if every certificate in it is one `pins` names; `source`: where it came from."""
+    if not pins:
+        return pem
+    unknown = [f for f in fingerprints(pem) if f not in pins]
+    if unknown:
+        raise TrustError(f"crdb-federation:{key} = {list(pins)}: {source} holds a certificate with SHA-256 "
+                         f"{', '.join(unknown)}, which is not pinned. Nothing of it is installed. If the seed's "
+                         "operator rotated the CA, ask them for the new fingerprint out of band and add it; "
+                         "otherwise someone who can write the seed's state is steering this cloud elsewhere.")
+    return pem
+
+
+def signed_for(cert_pem: Optional[str], ca_pem: str, key_pem: str, what: str) -> Optional[str]:
+    """`cert_pem`, if one of the CAs of `ca_pem` issued it and it is for this stack's own key."""
+    if not cert_pem:
+        return cert_pem
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    certificate = x509.load_pem_x509_certificate(cert_pem.encode())
+    own = serialization.load_pem_private_key(key_pem.encode(), None).public_key()
+    if certificate.public_key().public_numbers() != own.public_numbers():
+        raise TrustError(f"{what} is not for this stack's own node key: it was signed for another request. "
+                         "Nothing of it is installed.")
+    for ca in certificates_in(ca_pem):
+        try:
+            certificate.verify_directly_issued_by(ca)
+            return cert_pem
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+    raise TrustError(f"{what} does not chain to the pinned CA ({', '.join(fingerprints(ca_pem))}). "
+                     "Nothing of it is installed.")
+
+
+def warn_if_readable(value: Any, owner: str, output: str) -> None:
+    """A StackReference keeps every output of the referenced stack in the reader's state, decrypted where the
+    reader's secrets provider can: a secret that arrives readable means both stacks share one."""
+    if value is not None:
+        pulumi.log.warn(
+            f"this stack ({pulumi.get_stack()}) can read the secret output {output!r} of {owner}: both stacks use "
+            "one secrets provider, so this stack's state keeps it decrypted. Give each stack a secrets provider of its own (README: Secrets "
+            "apart), or set crdb-federation:sharedSecrets true for a federation one operator runs alone.")
+
+
 def _ip_sans(extensions: Any) -> list[str]:
     """The IP addresses among a certificate's or a request's subject alternative names."""
     from cryptography import x509
@@ -209,6 +277,7 @@ class MemberAdmissions(pulumi.ComponentResource):
 
     def __init__(self, name: str, *, seed_member: str, seed_ips: pulumi.Output[list[str]],
                  seed_join: pulumi.Output[list[str]], member_stacks: Sequence[str], authority: FederationAuthority,
+                 allow_rekey: Sequence[str] = (), shared_secrets: bool = False,
                  opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("crdb-federation:federation:MemberAdmissions", name, None, opts)
         todo = ("Its operator runs `pulumi up` of that stack first (it publishes its certificate requests), "
@@ -217,6 +286,9 @@ class MemberAdmissions(pulumi.ComponentResource):
         signed: dict[str, SignedCertificates] = {}
         for stack in member_stacks:
             reference = pulumi.StackReference(stack, opts=pulumi.ResourceOptions(parent=self))
+            if not shared_secrets:
+                reference.get_output("kubeconfig").apply(
+                    lambda v, stack=stack: warn_if_readable(v, stack, "kubeconfig"))
             seen.append(pulumi.Output.all(
                 stack=stack,
                 member=stack_output(reference, stack, "member", "members", todo),
@@ -226,8 +298,10 @@ class MemberAdmissions(pulumi.ComponentResource):
         # Every request is checked against all the others before any is signed.
         checked = pulumi.Output.all(seed_ips, *seen).apply(lambda v: _checked(seed_member, v[0], v[1:]))
         for index, stack in enumerate(member_stacks):
+            short = stack.rsplit('/', 1)[-1]
             requests = checked.apply(lambda members, i=index: members[i]["requests"])
-            signed[stack] = authority.sign(f"{name}-{stack.rsplit('/', 1)[-1]}", CertificateRequests(
+            requests = self._pinned_key(f"{name}-{short}", stack, requests, stack in allow_rekey)
+            signed[stack] = authority.sign(f"{name}-{short}", CertificateRequests(
                 requests.apply(lambda r: r["node"]), requests.apply(lambda r: r["client"])))
         self.signed = pulumi.Output.all(**{
             stack: pulumi.Output.all(node=s.node, client=s.client) for stack, s in signed.items()}
@@ -235,6 +309,38 @@ class MemberAdmissions(pulumi.ComponentResource):
         self.federation_join = pulumi.Output.all(seed_join, checked).apply(lambda v: spread_join(
             [(seed_member, v[0])] + [(m["member"], m["join"]) for m in v[1]]))
         self.register_outputs({"federationJoin": self.federation_join})
+
+    def _pinned_key(self, name: str, stack: str, requests: pulumi.Output[dict[str, str]],
+                    rekey: bool) -> pulumi.Output[dict[str, str]]:
+        """The member's requests, if their key is the one it first had signed (a Stash keeps it); another key is
+        refused unless the seed's operator lists the stack in allowRekey (which pins the new one)."""
+        key = requests.apply(lambda r: request_key_fingerprint(r["node"]))
+        stash = pulumi.Stash(f"{name}-key", input=key, opts=pulumi.ResourceOptions(
+            parent=self, replacement_trigger="rekey allowed" if rekey else "pinned"))
+
+        def same(values: list[Any]) -> dict[str, str]:
+            current, pinned, asked = values
+            if asked != pinned:
+                raise AdmissionError(
+                    f"crdb-federation:members: {stack} asks to sign a new node key (SHA-256 of its public key "
+                    f"{asked}, pinned {pinned} at its first signature); the seed signs none of its requests. If its "
+                    f"operator replaced the key, confirm that out of band and add {stack} to "
+                    "crdb-federation:allowRekey for one `up`.")
+            return current
+
+        return pulumi.Output.all(requests, stash.output, key).apply(same)
+
+
+def request_key_fingerprint(request_pem: str) -> str:
+    """SHA-256 of a certificate request's public key (DER SubjectPublicKeyInfo)."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_csr(request_pem.encode()).public_key()
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
 def _checked(seed_member: str, seed_ips: list[str], members: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

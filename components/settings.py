@@ -54,6 +54,7 @@ _CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9]([-.a-zA-Z0-9]*[a-zA-Z0-9])?$")
 _IMAGE_WITH_TAG = re.compile(r"^[^\s:]+(:[0-9]+)?/?[^\s:]*:(?!latest$)[\w][\w.-]{0,127}$")
 _STACK_NAME = re.compile(r"^[-\w.]+/[-\w.]+/[-\w.]+$")
 _HOST = re.compile(r"^[a-zA-Z0-9]([-.a-zA-Z0-9]*[a-zA-Z0-9])?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PEM_CERTIFICATE = re.compile(r"^\s*-----BEGIN CERTIFICATE-----[\s\S]+-----END CERTIFICATE-----\s*$")
 
 
@@ -146,6 +147,14 @@ class CockroachSettings:
     node_certificate: Optional[str]
     node_client_certificate: Optional[str]
     force_removal: bool
+    # A member: the SHA-256 fingerprints of the federation's node CA and client CA certificates, handed over by
+    # the seed's operator out of band; every certificate the seed's outputs name must be one of them.
+    ca_sha256: tuple[str, ...]
+    client_ca_sha256: tuple[str, ...]
+    # The seed: member stacks that may present a new node key (pinned at their first signature).
+    allow_rekey: tuple[str, ...]
+    # One operator runs every stack with one secrets provider (a demo): reading each other's secrets is expected.
+    shared_secrets: bool
     ca_private_key: Optional[pulumi.Output] = field(default=None, compare=False)
     enterprise_license: Optional[pulumi.Output] = field(default=None, compare=False)
 
@@ -300,6 +309,11 @@ def is_non_public(cidr_or_ip: str) -> bool:
 def overlaps(cidr: str, others: Sequence[str]) -> list[str]:
     network = ipaddress.ip_network(cidr)
     return [o for o in others if network.overlaps(ipaddress.ip_network(o))]
+
+
+def normalised_fingerprint(value: str) -> str:
+    """A SHA-256 fingerprint as 64 lower-case hex digits (openssl prints it upper-case, with colons)."""
+    return value.replace(":", "").strip().lower()
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -513,6 +527,16 @@ def _parse_cockroach(
     members = r.string_list("members")
     for name in members:
         r.matching("members", name, _STACK_NAME, "full stack names, organization/project/stack")
+    allow_rekey = r.string_list("allowRekey")
+    for name in allow_rekey:
+        if name not in members:
+            r.problem("allowRekey", name, "stacks listed in crdb-federation:members")
+    pins = {key: tuple(normalised_fingerprint(v) for v in r.string_list(key)) for key in ("caSha256", "clientCaSha256")}
+    for key, values in pins.items():
+        for value in values:
+            if not _SHA256.match(value):
+                r.problem(key, value, "SHA-256 fingerprints: 64 hex digits, with or without colons "
+                                      "(python -m federation fingerprints, or openssl x509 -noout -fingerprint -sha256)")
     certificates = {key: r.certificate(key) for key in
                     ("caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate")}
     ca_key = secrets.get("caPrivateKey")
@@ -522,6 +546,9 @@ def _parse_cockroach(
     if is_seed:
         if seed_stack:
             r.problem("seedStack", seed_stack, "no value on the seed: the seed is the established cluster")
+        for key, values in pins.items():
+            if values:
+                r.problem(key, list(values), "no value on the seed, whose CAs they are")
         if (certificates["caCertificate"] is None) != (ca_key is None):
             r.problem("caCertificate" if ca_key is not None else "caPrivateKey", None,
                       "both caCertificate and the secret caPrivateKey (a CA of your own), or neither")
@@ -550,6 +577,16 @@ def _parse_cockroach(
             for key in ("caCertificate", "clientCaCertificate"):
                 if certificates[key] is None:
                     r.problem(key, None, "the federation's CA certificate when no seedStack provides it")
+        if allow_rekey:
+            r.problem("allowRekey", list(allow_rekey), "no value on a member: the seed decides")
+        if seed_stack:
+            for key, values in pins.items():
+                if not values:
+                    # Without a pin, whoever can write the seed's state could steer this cloud into another cluster.
+                    problem = (f"{PROJECT}:{key} = []: expected the SHA-256 fingerprint(s) of the federation's "
+                               f"{'node' if key == 'caSha256' else 'client'} CA, from the seed's operator "
+                               "(python -m federation fingerprints on their side; README: Trust between operators)")
+                    (warnings if preview else r.problems).append(problem)
         if (certificates["nodeCertificate"] is None) != (certificates["nodeClientCertificate"] is None):
             r.problem("nodeCertificate" if certificates["nodeCertificate"] is None else "nodeClientCertificate",
                       None, "both nodeCertificate and nodeClientCertificate (signed by the seed), or neither")
@@ -580,6 +617,10 @@ def _parse_cockroach(
         node_certificate=certificates["nodeCertificate"],
         node_client_certificate=certificates["nodeClientCertificate"],
         force_removal=r.boolean("forceRemoval", False),
+        ca_sha256=pins["caSha256"],
+        client_ca_sha256=pins["clientCaSha256"],
+        allow_rekey=allow_rekey,
+        shared_secrets=r.boolean("sharedSecrets", False),
         ca_private_key=ca_key,
         enterprise_license=licence,
     ), warnings
@@ -594,7 +635,7 @@ CONFIG_KEYS = (
     "apiReadyTimeout", "existingNodes", "role", "memberName", "clusterName", "cockroachImage", "cockroachMemory",
     "cockroachCpu", "namespace", "seedStack", "joinAddresses", "replicationFactor", "members",
     "clusterOrganization", "caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate",
-    "forceRemoval",
+    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets",
 )
 
 

@@ -1,4 +1,5 @@
-"""python -m federation {join,preview,preflight,remove,ranges,status,report}: the whole federation from one terminal."""
+"""python -m federation {join,preview,preflight,remove,ranges,status,fingerprints,report}: the whole federation from
+one terminal."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.live import Live
 
 from components.settings import COCKROACH_SQL_PORT, split_address
 
-from . import preflight, stack_config, timeline
+from . import preflight, secrets, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
 from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names
 
@@ -26,9 +27,15 @@ SEED = "seed"
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m federation", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    # Each stack's own secrets provider (federation/secrets.py); for every command that runs a stack's engine.
+    keys = argparse.ArgumentParser(add_help=False)
+    keys.add_argument("--passphrases", type=Path, default=secrets.DEFAULT_DIRECTORY,
+                      help="a directory with <stack>.passphrase per stack (default: %(default)s)")
+    keys.add_argument("--one-passphrase", action="store_true",
+                      help="use PULUMI_CONFIG_PASSPHRASE for every stack: one operator runs them all (a demo)")
     for name, text in (("join", "make sure the seed is up, then `pulumi up` every chosen member at once"),
                        ("preview", "`pulumi preview` every chosen stack at once")):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name, help=text, parents=[keys])
         command.add_argument("stacks", nargs="*", help="stacks (default: every member; preview: every stack)")
         command.add_argument("--seed", default=SEED, help="the seed stack (default: %(default)s)")
         command.add_argument("--parallel", type=int, default=16, help="stacks at once (default: %(default)s)")
@@ -37,22 +44,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if name == "join":
             command.add_argument("--skip-preflight", action="store_true", help="start clouds without checking them")
             command.add_argument("--my-address", help="this machine's public IP, for preflight's admin range check")
-    check = commands.add_parser("preflight", help="check each cloud against what its stack needs; creates nothing")
+    check = commands.add_parser("preflight", help="check each cloud against what its stack needs; creates nothing",
+                                parents=[keys])
     check.add_argument("stacks", nargs="*", help="stacks (default: every stack)")
     check.add_argument("--my-address", help="this machine's public IP (default: asked of %s)" % preflight.MY_ADDRESS_URL)
     check.add_argument("--parallel", type=int, default=8)
     check.add_argument("--json", type=Path, help="also write the findings to this file as JSON")
-    remove = commands.add_parser("remove", help="decommission a member's whole cloud, then destroy its stack")
+    remove = commands.add_parser("remove", help="decommission a member's whole cloud, then destroy its stack",
+                                 parents=[keys])
     remove.add_argument("stack")
     remove.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
     remove.add_argument("--yes", action="store_true", help="do it (without it: say what would happen)")
     destroy = commands.add_parser("destroy", help="refused: use `remove`, which decommissions first")
     destroy.add_argument("stack")
     commands.add_parser("ranges", help="every stack's node addresses, as federationCidrs entries")
-    status = commands.add_parser("status", help="nodes per cloud, liveness and replication health over SQL")
+    status = commands.add_parser("status", help="nodes per cloud, liveness and replication health over SQL",
+                                 parents=[keys])
     status.add_argument("--seed", default=SEED)
     status.add_argument("--host", help="a node to connect to (default: the seed's first join address)")
     status.add_argument("--certs-dir", type=Path, help="ca.crt, client.root.crt, client.root.key (default: from the seed)")
+    prints = commands.add_parser("fingerprints", help="the seed's CA fingerprints, for its operator to hand over")
+    prints.add_argument("--seed", default=SEED)
     report = commands.add_parser("report", help="render a run's timeline JSON as a self-contained HTML report")
     report.add_argument("timeline", type=Path)
     report.add_argument("-o", "--output", type=Path)
@@ -119,16 +131,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "the cloud's nodes first (README: Remove a cloud)")
     if args.command == "remove" and args.stack == SEED:
         return fail("the seed holds the established cluster and the federation's CAs; it is not removed from here")
-    if args.command in ("join", "preview", "remove", "ranges") or (
+    if args.command in ("join", "preview", "remove", "ranges", "fingerprints") or (
             args.command == "status" and not (args.host and args.certs_dir)):
         missing = require_pulumi_cli()
         if missing is not None:
             return missing
     default_backend()
+    try:
+        environments = stack_environments(args, known)
+    except secrets.SecretsSetupError as error:
+        return fail(str(error))
 
     if args.command == "preflight":
         findings = preflight.run_preflight(args.stacks or known, ROOT, my_address=_my_address(args),
-                                           parallel=args.parallel)
+                                           parallel=args.parallel, environments=environments,
+                                           passphrases=args.passphrases)
         console.print(preflight_table(findings))
         if args.json:
             args.json.write_text(json.dumps([dataclasses.asdict(f) for f in findings], indent=1))
@@ -140,16 +157,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         members = [s for s in (args.stacks or known) if s != args.seed]
         run = Run(members, "up", run_dir(args.runs_dir, "join"))
         if not args.skip_preflight:
-            members = checked_members(run, members, _my_address(args), console)
-        stacks = [LazyStack(name) for name in members]
+            members = checked_members(run, members, _my_address(args), console, environments, args.passphrases)
+        for name in [m for m in members if m not in environments]:
+            run.skip(name, secrets.what_to_do([name], args.passphrases))
+        members = [m for m in members if m in environments]
+        stacks = [LazyStack(name, environments[name]) for name in members]
         needs_seed = any(stack_config.resolve(name).get("seedStack") for name in members)
-        return orchestrate(run, lambda: join(run, LazyStack(args.seed), stacks, args.parallel, needs_seed=needs_seed),
+        seed = LazyStack(args.seed, environments[args.seed])
+        return orchestrate(run, lambda: join(run, seed, stacks, args.parallel, needs_seed=needs_seed),
                            not args.no_dashboard, console)
     if args.command == "preview":
         names = args.stacks or known
         run = Run(names, "preview", run_dir(args.runs_dir, "preview"))
-        return orchestrate(run, lambda: run_concurrently(run, [LazyStack(n) for n in names], args.parallel),
-                           not args.no_dashboard, console)
+        return orchestrate(run, lambda: run_concurrently(run, [LazyStack(n, environments[n]) for n in names],
+                                                         args.parallel), not args.no_dashboard, console)
     if args.command == "remove":
         if not args.yes:
             console.print(f"`remove {args.stack}` destroys that stack. Its cloud-wide decommission resource goes first: "
@@ -159,22 +180,65 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           "Pass --yes to do it.")
             return 0
         run = Run([args.stack], "destroy", run_dir(args.runs_dir, "remove"))
-        code = orchestrate(run, lambda: run_concurrently(run, [LazyStack(args.stack)], 1), True, console)
+        code = orchestrate(run, lambda: run_concurrently(run, [LazyStack(args.stack, environments[args.stack])], 1),
+                           True, console)
         if code == 0:
             console.print(f"next: remove {args.stack} from the seed's crdb-federation:members and run `pulumi up "
                           "--stack seed`; every operator drops its addresses from federationCidrs")
         return code
     if args.command == "ranges":
         return ranges_command(known, console)
-    return status_command(args, console)
+    if args.command == "fingerprints":
+        return fingerprints_command(args.seed, console)
+    return status_command(args, console, environments.get(args.seed, {}))
+
+
+def stack_environments(args: argparse.Namespace, known: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The secrets environment of every stack whose engine this command runs (none for the others)."""
+    command = args.command
+    if command == "join":
+        involved = [*(args.stacks or known)] + [args.seed]
+    elif command in ("preview", "preflight"):
+        involved = args.stacks or list(known)
+    elif command == "remove":
+        involved = [args.stack]
+    elif command == "status" and not (args.host and args.certs_dir):
+        involved = [args.seed]
+    else:
+        return {}
+    environments, missing = secrets.stack_environments(list(dict.fromkeys(involved)), args.passphrases,
+                                                       one_passphrase=args.one_passphrase)
+    # Preflight reports a member without one as that member's failure, and join leaves it out as it leaves out
+    # one that fails preflight; every other command (and a join without its seed's) runs none of them.
+    refused = [s for s in missing if command not in ("preflight", "join") or s == getattr(args, "seed", None)]
+    if refused:
+        raise secrets.SecretsSetupError(secrets.what_to_do(refused, args.passphrases))
+    if not args.one_passphrase:
+        secrets.use_files_only()
+    return environments
+
+
+def fingerprints_command(seed: str, console: Console) -> int:
+    """What the seed's operator hands every member's operator out of band: their caSha256 and clientCaSha256."""
+    from components.federation import fingerprints
+
+    outputs = preflight.pulumi_stack_outputs(ROOT)(seed)
+    if not outputs.get("caCertificate"):
+        return fail(f"the seed stack '{seed}' has no caCertificate output; bring it up first")
+    console.print(f"crdb-federation:caSha256: {json.dumps(fingerprints(outputs['caCertificate']))}\n"
+                  f"crdb-federation:clientCaSha256: {json.dumps(fingerprints(outputs['clientCaCertificate']))}",
+                  soft_wrap=True)
+    return 0
 
 
 def ranges_command(stacks: Sequence[str], console: Console) -> int:
-    """What each operator puts in federationCidrs: every other stack's node addresses, one /32 each."""
+    """What each operator puts in federationCidrs: every other stack's node addresses, one /32 each (public
+    outputs: no stack's secrets are needed)."""
+    read = preflight.pulumi_stack_outputs(ROOT)
     found: dict[str, list[str]] = {}
     for name in stacks:
         try:
-            nodes = LazyStack(name).outputs().get("nodes") or []
+            nodes = read(name).get("nodes") or []
         except Exception:
             nodes = []
         found[name] = [f"{n['publicIp']}/32" for n in nodes]
@@ -189,9 +253,11 @@ def _my_address(args: argparse.Namespace) -> Optional[str]:
     return args.my_address or preflight.public_address()
 
 
-def checked_members(run: Run, members: list[str], my_address: Optional[str], console: Console) -> list[str]:
+def checked_members(run: Run, members: list[str], my_address: Optional[str], console: Console,
+                    environments: dict[str, dict[str, str]], passphrases: Path) -> list[str]:
     """Preflight every member; one that fails is marked failed in the run and not started, the others go on."""
-    findings = preflight.run_preflight(members, ROOT, my_address=my_address)
+    findings = preflight.run_preflight(members, ROOT, my_address=my_address, environments=environments,
+                                       passphrases=passphrases)
     failed = preflight.failed_stacks(findings)
     if failed:
         console.print(preflight_table([f for f in findings if f.stack in failed and f.status == preflight.FAIL]))
@@ -202,13 +268,13 @@ def checked_members(run: Run, members: list[str], my_address: Optional[str], con
     return [m for m in members if m not in failed]
 
 
-def status_command(args: argparse.Namespace, console: Console) -> int:
+def status_command(args: argparse.Namespace, console: Console, environment: dict[str, str]) -> int:
     from .status import collect, connect, render, write_client_certs
 
     host, certs = args.host, args.certs_dir
     with tempfile.TemporaryDirectory(prefix="crdb-federation-certs-") as scratch:
         if host is None or certs is None:
-            outputs = LazyStack(args.seed).outputs()
+            outputs = LazyStack(args.seed, environment).outputs()
             if not outputs.get("joinAddresses"):
                 return fail(f"the seed stack '{args.seed}' has no joinAddresses output; bring it up first")
             host = host or split_address(outputs["joinAddresses"][0])[0]
@@ -222,15 +288,16 @@ def status_command(args: argparse.Namespace, console: Console) -> int:
 
 
 class LazyStack:
-    """Selects the Automation API stack on first use, inside the worker thread that runs it."""
+    """Selects the Automation API stack on first use, inside the worker thread that runs it; `environment`: its
+    own secrets provider's (federation/secrets.py)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, environment: Optional[dict[str, str]] = None):
+        self.name, self.environment = name, environment or {}
         self._stack: Optional[PulumiStack] = None
 
     def _get(self) -> PulumiStack:
         if self._stack is None:
-            self._stack = PulumiStack(self.name)
+            self._stack = PulumiStack(self.name, environment=self.environment)
         return self._stack
 
     def run(self, operation, on_event, on_output) -> None:

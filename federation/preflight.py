@@ -29,7 +29,7 @@ from components.settings import (
     parse_settings, split_address, within,
 )
 
-from . import stack_config
+from . import secrets, stack_config
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 # Bytes each flannel backend adds to a pod packet (flannel's vxlan and wireguard backends).
@@ -211,11 +211,50 @@ def stack_settings(stack: str, root: Path) -> Settings:
 
 
 def settings_findings(stack: str, settings: Settings) -> list[Finding]:
-    """What the settings let a preview through but an `up` refuses (the seed's licence)."""
-    return [Finding(stack, "Licence", FAIL, "enterpriseLicense", warning.split(": expected")[0],
-                    "pulumi config set --stack seed crdb-federation:clusterOrganization '<organisation>' and "
-                    "pulumi config set --secret --stack seed crdb-federation:enterpriseLicense '<licence>'")
-            for warning in settings.warnings]
+    """What the settings let a preview through but an `up` refuses (the seed's licence, a member's CA pins), and
+    what they only warn about (a proxied cloud's clock)."""
+    findings = []
+    for warning in settings.warnings:
+        if warning.startswith("crdb-federation:clusterOrganization"):
+            findings.append(Finding(
+                stack, "Licence", FAIL, "enterpriseLicense", warning.split(": expected")[0],
+                "pulumi config set --stack seed crdb-federation:clusterOrganization '<organisation>' and "
+                "pulumi config set --secret --stack seed crdb-federation:enterpriseLicense '<licence>'"))
+        elif warning.startswith(("crdb-federation:caSha256", "crdb-federation:clientCaSha256")):
+            key = warning.split(" = ")[0].split(":", 1)[1]
+            findings.append(Finding(stack, "CA pins", FAIL, key, "not set", "set the fingerprints the seed's operator "
+                                    "hands over (python -m federation fingerprints on their side)"))
+        else:
+            key = warning.split(" ")[0].split(":", 1)[-1]
+            findings.append(Finding(stack, "Settings", WARN, key, warning))
+    return findings
+
+
+def secrets_findings(stack: str, settings: Settings, readable: Callable[[str], list[str]],
+                     unkeyed: Optional[Path] = None) -> list[Finding]:
+    """A stack must not be able to decrypt the secret outputs of the stacks it reads: a StackReference keeps them,
+    decrypted, in its own state (README: Secrets apart). `readable`: the secret outputs of a stack that this
+    stack's secrets provider decrypts; `unkeyed`: the passphrase file a stack without a provider of its own
+    lacks (the tool runs no engine for it)."""
+    if unkeyed is not None:
+        return [Finding(stack, "Secrets", FAIL, "(secrets provider)", f"none of its own: no {unkeyed}",
+                        f"write this stack's passphrase into {unkeyed} (chmod 600), or give it a KMS or Vault key "
+                        "(README: Secrets apart)")]
+    c = settings.cockroach
+    others = [c.seed_stack] if c.seed_stack else list(c.members)
+    if not others:
+        return []
+    if c.shared_secrets:
+        return [Finding(stack, "Secrets", SKIP, "sharedSecrets", "one operator runs every stack (sharedSecrets)")]
+    leaks = {other: readable(other) for other in others}
+    leaks = {other: names for other, names in leaks.items() if names}
+    if leaks:
+        found = "; ".join(f"{other}'s {', '.join(names)}" for other, names in leaks.items())
+        return [Finding(stack, "Secrets", FAIL, "(secrets provider)", f"this stack's secrets provider decrypts {found}",
+                        "give every stack a secrets provider of its own: its own passphrase, or a KMS or Vault key "
+                        "(README: Secrets apart)")]
+    return [Finding(stack, "Secrets", PASS, "(secrets provider)",
+                    f"cannot decrypt the secrets of {', '.join(others)}")]
 
 
 def federation_findings(stack: str, settings: Settings, peers: Sequence[str]) -> list[Finding]:
@@ -432,16 +471,32 @@ def _probe_all(addresses: Sequence[str], timeout: float) -> list[bool]:
         return list(pool.map(probe, addresses))
 
 
-def pulumi_stack_outputs(root: Path) -> Callable[[str], dict[str, Any]]:
-    """Reads another stack's outputs with the CLI, on the current backend (no secrets shown)."""
+def pulumi_stack_outputs(root: Path, environment: Optional[dict[str, str]] = None, *,
+                         show_secrets: bool = False) -> Callable[[str], dict[str, Any]]:
+    """Reads another stack's outputs with the CLI, on the current backend; secrets shown only if asked, and only
+    if `environment`'s secrets provider decrypts them (public outputs need none)."""
     def read(stack: str) -> dict[str, Any]:
         if shutil.which("pulumi") is None:
             raise RuntimeError("the Pulumi CLI is not on PATH")
-        done = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack, "--non-interactive"],
-                              cwd=root, capture_output=True, text=True, timeout=120)
+        command = ["pulumi", "stack", "output", "--json", "--stack", stack, "--non-interactive"]
+        done = subprocess.run(command + (["--show-secrets"] if show_secrets else []), cwd=root, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, **(environment or {})})
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip() or done.stdout.strip())
         return json.loads(done.stdout or "{}")
+
+    return read
+
+
+def readable_secrets(root: Path, environment: Optional[dict[str, str]]) -> Callable[[str], list[str]]:
+    """The secret outputs of a stack that `environment`'s secrets provider decrypts (none when it cannot)."""
+    def read(stack: str) -> list[str]:
+        try:
+            hidden = pulumi_stack_outputs(root)(stack)
+            shown = pulumi_stack_outputs(root, environment, show_secrets=True)(stack)
+        except RuntimeError:  # "failed to decrypt", or no such stack
+            return []
+        return sorted(k for k, v in hidden.items() if v == "[secret]" and shown.get(k) not in (None, "[secret]"))
 
     return read
 
@@ -465,7 +520,9 @@ def _first_line(error: BaseException) -> str:
 # ------------------------------------------------------------------------------------------- one stack
 def check_stack(stack: str, root: Path, *, my_address: Optional[str],
                 seed_outputs: Callable[[str], dict[str, Any]],
-                connect: Optional[Callable[[Settings], Any]] = None) -> list[Finding]:
+                connect: Optional[Callable[[Settings], Any]] = None,
+                readable: Callable[[str], list[str]] = lambda _: [],
+                unkeyed: Optional[Path] = None) -> list[Finding]:
     """Every check of one stack; a check that cannot run is a failure naming why, never an exception."""
     try:
         settings = stack_settings(stack, root)
@@ -526,6 +583,7 @@ def check_stack(stack: str, root: Path, *, my_address: Optional[str],
 
     findings += guarded("Seed", "seedStack", seed_check)
     findings += federation_findings(stack, settings, peers)
+    findings += guarded("Secrets", "(secrets provider)", lambda: secrets_findings(stack, settings, readable, unkeyed))
     findings += settings_findings(stack, settings)
     findings += mtu_findings(stack, settings, existing_mtu[0])
     return findings
@@ -542,9 +600,20 @@ def failed_stacks(findings: Iterable[Finding]) -> list[str]:
 
 
 def run_preflight(stacks: Sequence[str], root: Path, *, my_address: Optional[str], parallel: int = 8,
-                  connect: Optional[Callable[[Settings], Any]] = None) -> list[Finding]:
+                  connect: Optional[Callable[[Settings], Any]] = None,
+                  environments: Optional[dict[str, dict[str, str]]] = None,
+                  passphrases: Optional[Path] = None) -> list[Finding]:
+    """`environments`: each stack's secrets provider's (federation/secrets.py); its Secrets check asks what the
+    stacks it reads would let it decrypt. A stack absent from them has none of its own (no passphrase file in
+    `passphrases`): that is its Secrets failure."""
     seed_outputs = pulumi_stack_outputs(root)
+
+    def keyed(stack: str) -> dict[str, Any]:
+        if environments is None or stack in environments:
+            return {"readable": readable_secrets(root, (environments or {}).get(stack))}
+        return {"unkeyed": secrets.passphrase_file(stack, passphrases or secrets.DEFAULT_DIRECTORY)}
+
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(stacks)))) as pool:
         per_stack = pool.map(lambda s: check_stack(s, root, my_address=my_address, seed_outputs=seed_outputs,
-                                                   connect=connect), stacks)
+                                                   connect=connect, **keyed(s)), stacks)
         return [finding for findings in per_stack for finding in findings]

@@ -36,14 +36,14 @@ class Stack(Protocol):
     def add_members(self, stacks: Sequence[str]) -> list[str]: ...
 
 
-def stack_workspace(work_dir: Path) -> Any:
+def stack_workspace(work_dir: Path, environment: Optional[dict[str, str]] = None) -> Any:
     """A LocalWorkspace over the project that leaves the repository's current stack alone: `pulumi stack
     select` would move it to whichever stack the tool touched last, and a bare `pulumi` afterwards would target
     that one. Every operation passes --stack anyway (automation _stack.py), so selecting only checks that the
     stack exists, as the Automation API does for remote workspaces (_local_workspace.py select_stack)."""
     from pulumi import automation as auto
 
-    workspace = auto.LocalWorkspace(work_dir=str(work_dir))
+    workspace = auto.LocalWorkspace(work_dir=str(work_dir), env_vars=dict(environment or {}))
     workspace.select_stack = lambda name: workspace._run_pulumi_cmd_sync(["stack", "--stack", name])
     return workspace
 
@@ -53,13 +53,13 @@ class PulumiStack:
     so the CLI reads stacks/Pulumi.<name>.yaml as `pulumi up` does)."""
 
     def __init__(self, name: str, work_dir: Path = ROOT, automation_stack: Any = None,
-                 delete_server: Optional[Callable[[str], None]] = None):
+                 delete_server: Optional[Callable[[str], None]] = None, environment: Optional[dict[str, str]] = None):
         from pulumi import automation as auto
 
         self.name = name
         self.work_dir = work_dir
         self.retry_delay = 5.0
-        self._stack = automation_stack or auto.Stack.create_or_select(name, stack_workspace(work_dir))
+        self._stack = automation_stack or auto.Stack.create_or_select(name, stack_workspace(work_dir, environment))
         self._delete_server = delete_server or self._delete_server_in_cloud
 
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:

@@ -27,12 +27,22 @@ if [ -z "${PULUMI_BACKEND_URL:-}" ]; then
   mkdir -p .pulumi-state
   export PULUMI_BACKEND_URL="file://$PWD/.pulumi-state"
 fi
-case "$PULUMI_BACKEND_URL" in
-  file://*|s3://*|gs://*|azblob://*)
-    if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
-      fail "set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE): it encrypts this stack's secrets (CA keys, kubeconfig)"
-    fi ;;
-esac
+# Secrets: this stack's own (README: Secrets apart). A stack reading another one keeps all of that stack's
+# outputs in its own state, decrypted where its secrets provider can: stacks must never share one. The
+# stack file may name a KMS or Vault key (secretsprovider:); otherwise a passphrase of this stack alone, from
+# PULUMI_CONFIG_PASSPHRASE(_FILE) or $CRDB_PASSPHRASES/<stack>.passphrase. On Pulumi Cloud too: its own
+# secrets provider would let anyone with Stack Read on this stack decrypt its secrets.
+provider=$(sed -n 's/^secretsprovider:[[:space:]]*//p' "stacks/Pulumi.$stack.yaml")
+passphrases="${CRDB_PASSPHRASES:-$HOME/.config/crdb-federation/passphrases}"
+if [ -z "$provider" ] || [ "$provider" = passphrase ]; then
+  if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ] && [ -f "$passphrases/$stack.passphrase" ]; then
+    export PULUMI_CONFIG_PASSPHRASE_FILE="$passphrases/$stack.passphrase"
+  fi
+  if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+    fail "no passphrase for stack $stack: write one of its own into $passphrases/$stack.passphrase (chmod 600) or set PULUMI_CONFIG_PASSPHRASE_FILE; it encrypts this stack's secrets (CA keys, kubeconfig), and no other stack may share it"
+  fi
+  provider=passphrase
+fi
 
-pulumi stack select --create --stack "$stack" --non-interactive
+pulumi stack select --create --secrets-provider "$provider" --stack "$stack" --non-interactive
 exec pulumi up --stack "$stack" "$@"

@@ -7,7 +7,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pytest  # noqa: E402
 
-from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, run_program  # noqa: E402
+from tests.harness import (  # noqa: E402
+    MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, pinned_to, run_program,
+)
 
 
 # The whole program's runs in the order the federation's trust needs, shared by the modules that test them.
@@ -24,7 +26,7 @@ def seed_outputs(seed):
 @pytest.fixture(scope="session")
 def waiting_member(seed_outputs):
     """A member's first up: the seed has not signed its requests yet."""
-    return run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: seed_outputs})
+    return run_program(pinned_to(seed_outputs, MEMBER), stack="vexxhost", stack_outputs={SEED_STACK: seed_outputs})
 
 
 @pytest.fixture(scope="session")
@@ -37,4 +39,5 @@ def signing_seed(waiting_member):
 @pytest.fixture(scope="session")
 def member(signing_seed):
     """The member's second up: it installs its signed certificates."""
-    return run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: outputs_of(signing_seed)})
+    seed_outputs = outputs_of(signing_seed)
+    return run_program(pinned_to(seed_outputs, MEMBER), stack="vexxhost", stack_outputs={SEED_STACK: seed_outputs})

@@ -65,6 +65,8 @@ class RecordingMonitor(MockMonitor):
                 "deleted_with": request.deletedWith,
                 "retain_on_delete": request.retainOnDelete,
                 "replace_on_changes": list(request.replaceOnChanges),
+                "replacement_trigger": (request.replacement_trigger.string_value
+                                        if request.HasField("replacement_trigger") else None),
                 "custom_timeouts": {k: getattr(timeouts, k) for k in ("create", "update", "delete")
                                     if getattr(timeouts, k)},
             }
@@ -200,6 +202,8 @@ class FakeCloud(pulumi.runtime.Mocks):
     public_prefix: str = "198.18.0"
     # Image names the cloud does not have (any more).
     missing_images: set = field(default_factory=set)
+    # Stash name -> the value an earlier deploy kept (a fresh run is otherwise that first deploy).
+    stash_outputs: dict = field(default_factory=dict)
     # False: placeholder PEM text instead of real keys, for benchmarks that time the program, not RSA.
     real_crypto: bool = True
 
@@ -219,8 +223,8 @@ class FakeCloud(pulumi.runtime.Mocks):
         elif t == "openstack:networking/floatingIp:FloatingIp":
             outputs["address"] = f"{self.public_prefix}.{next(self._public)}"
         elif t == "pulumi:index:Stash":
-            # The engine keeps the first value; a fresh mock run is always that first deploy.
-            outputs["output"] = inputs.get("input")
+            # The engine keeps the first value: what an earlier run stashed (stash_outputs), else this input.
+            outputs["output"] = self.stash_outputs.get(args.name, inputs.get("input"))
         elif t == "random:index/randomPassword:RandomPassword":
             # Distinct per resource, as the real ones are: a test can tell which secret went where.
             digest = hashlib.sha256(args.name.encode()).hexdigest() * 4

@@ -129,5 +129,13 @@ SEED_SECRETS = {"enterpriseLicense": "crl-0-test-licence"}
 MEMBER = {**COMMON, "seedStack": SEED_STACK, "nodeCount": 4, "availabilityZone": "az2"}
 
 
+def pinned_to(seed_outputs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A member's config with the fingerprints of its seed's CAs, as its operator sets them out of band."""
+    from components.federation import fingerprints
+
+    return {**config, "caSha256": fingerprints(seed_outputs["caCertificate"]),
+            "clientCaSha256": fingerprints(seed_outputs["clientCaCertificate"])}
+
+
 def outputs_of(run):
     return {name: run.output(name) for name in run.globals["_exports"]}

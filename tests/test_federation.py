@@ -384,9 +384,10 @@ def test_join_does_not_start_a_member_that_fails_preflight_and_keeps_the_others(
 
     findings = [preflight.Finding("otc", "Image", preflight.FAIL, "image", "no active image named 'x'", "upload it"),
                 preflight.Finding("zte", "Image", preflight.PASS, "image", "ubuntu-24.04 = 1234")]
-    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address: findings)
+    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, environments, passphrases:
+                        findings)
     run = Run(["otc", "zte"], "up", tmp_path / "logs")
-    kept = tool.checked_members(run, ["otc", "zte"], None, Console(file=open(os.devnull, "w")))
+    kept = tool.checked_members(run, ["otc", "zte"], None, Console(file=open(os.devnull, "w")), {}, tmp_path)
     assert kept == ["zte"]
     otc = run.progress["otc"]
     assert otc.status == "failed" and otc.error.startswith("preflight: Image: image: no active image named 'x'")
@@ -398,8 +399,61 @@ def test_preflight_command_prints_the_table_writes_json_and_exits_1_on_a_failure
 
     findings = [preflight.Finding("otc", "Flavors", preflight.FAIL, "serverFlavor", "m1.small: 1 vCPU, 2048 MiB",
                                   "a flavor with at least 3 vCPU and 5120 MiB")]
-    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, parallel: findings)
-    code = tool.main(["preflight", "otc", "--my-address", "198.18.0.10", "--json", str(tmp_path / "f.json")])
+    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, parallel, environments, passphrases: findings)
+    (tmp_path / "otc.passphrase").write_text("otc's own")
+    code = tool.main(["preflight", "otc", "--my-address", "198.18.0.10", "--json", str(tmp_path / "f.json"),
+                      "--passphrases", str(tmp_path)])
     assert code == 1
     assert json.loads((tmp_path / "f.json").read_text())[0]["found"] == "m1.small: 1 vCPU, 2048 MiB"
     assert "preflight failed: otc" in capsys.readouterr().out
+
+
+def test_every_stack_the_tool_runs_needs_a_secrets_provider_of_its_own(tmp_path, monkeypatch, capsys):
+    """One passphrase for every stack hands each the others' secrets (a StackReference keeps them decrypted)."""
+    from federation import __main__ as tool, secrets
+
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "one for all")
+    monkeypatch.setattr(tool, "require_pulumi_cli", lambda: None)
+    code = tool.main(["preview", "otc", "zte", "--passphrases", str(tmp_path), "--no-dashboard"])
+    error = capsys.readouterr().err
+    assert code == 2 and f"otc ({tmp_path}/otc.passphrase), zte ({tmp_path}/zte.passphrase)" in error
+    (tmp_path / "otc.passphrase").write_text("otc's own")
+    assert secrets.stack_environments(["otc", "zte"], tmp_path, one_passphrase=False) == (
+        {"otc": {"PULUMI_CONFIG_PASSPHRASE_FILE": str(tmp_path / "otc.passphrase")}}, ["zte"])
+    # A demo run by one operator says so explicitly.
+    assert secrets.stack_environments(["otc", "zte"], tmp_path / "none", one_passphrase=True) == (
+        {"otc": {}, "zte": {}}, [])
+
+
+def test_preflight_reports_a_stack_without_a_secrets_provider_of_its_own_as_that_stacks_failure(
+        tmp_path, monkeypatch):
+    from federation import __main__ as tool, preflight
+
+    seen = {}
+    monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, parallel, environments,
+                        passphrases: seen.update(environments=environments, passphrases=passphrases) or [])
+    (tmp_path / "otc.passphrase").write_text("otc's own")
+    assert tool.main(["preflight", "otc", "zte", "--my-address", "198.18.0.10", "--passphrases", str(tmp_path)]) == 0
+    assert seen == {"environments": {"otc": {"PULUMI_CONFIG_PASSPHRASE_FILE": str(tmp_path / "otc.passphrase")}},
+                    "passphrases": tmp_path}
+    [finding] = preflight.secrets_findings("zte", preflight.stack_settings("zte", tool.ROOT), lambda _: [],
+                                           unkeyed=tmp_path / "zte.passphrase")
+    assert finding.status == preflight.FAIL and finding.found == f"none of its own: no {tmp_path}/zte.passphrase"
+
+
+def test_join_leaves_out_a_member_without_a_secrets_provider_of_its_own_and_needs_the_seeds(
+        tmp_path, monkeypatch, capsys):
+    from federation import __main__ as tool
+
+    monkeypatch.setattr(tool, "require_pulumi_cli", lambda: None)
+    started = {}
+    monkeypatch.setattr(tool, "orchestrate", lambda run, work, dashboard, console: started.update(run=run) or 0)
+    arguments = ["join", "otc", "zte", "--skip-preflight", "--no-dashboard", "--passphrases", str(tmp_path),
+                 "--runs-dir", str(tmp_path / "runs")]
+    (tmp_path / "otc.passphrase").write_text("otc's own")
+    assert tool.main(arguments) == 2 and f"seed ({tmp_path}/seed.passphrase)" in capsys.readouterr().err
+    (tmp_path / "seed.passphrase").write_text("the seed's own")
+    assert tool.main(arguments) == 0
+    progress = started["run"].progress
+    assert progress["otc"].status == "waiting"
+    assert progress["zte"].status == "failed" and f"zte ({tmp_path}/zte.passphrase)" in progress["zte"].error

@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from policy.rules import RULES
-from tests.harness import MEMBER, SEED_STACK, run_program
+from tests.harness import MEMBER, SEED_STACK, pinned_to, run_program
 
 
 def violations(run):
@@ -56,6 +56,6 @@ def test_each_rule_fails_a_resource_broken_the_way_it_guards_against(seed, rule,
 
 def test_a_member_that_reads_a_ca_key_from_the_seed_fails(seed_outputs):
     old_seed = {**seed_outputs, "caPrivateKey": "-----BEGIN PRIVATE KEY-----\n..."}
-    run = run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: old_seed})
+    run = run_program(pinned_to(seed_outputs, MEMBER), stack="vexxhost", stack_outputs={SEED_STACK: old_seed})
     [(name, resource, message)] = violations(run)
     assert name == "no-ca-key-from-another-stack" and "exports caPrivateKey" in message

@@ -172,3 +172,14 @@ def test_an_image_the_cloud_retired_after_the_first_deploy_only_warns_while_the_
     # Before any deploy there is nothing pinned: the name must exist.
     [first] = image_checks([renamed]).image({}, pinned=None)
     assert first.status == FAIL and "no active image named" in first.found
+
+
+def test_a_stack_whose_secrets_provider_decrypts_the_seeds_secrets_fails():
+    from federation.preflight import secrets_findings
+    member = stack_settings("otc", ROOT)
+    [leak] = secrets_findings("otc", member, lambda stack: ["kubeconfig", "rootClientKey"])
+    assert leak.status == FAIL and "decrypts organization/crdb-federation/seed's kubeconfig, rootClientKey" in leak.found
+    [apart] = secrets_findings("otc", member, lambda stack: [])
+    assert apart.status == PASS and "cannot decrypt the secrets of organization/crdb-federation/seed" in apart.found
+    # The seed reads nobody until it admits members.
+    assert secrets_findings("seed", stack_settings("seed", ROOT), lambda stack: ["kubeconfig"]) == []

@@ -11,7 +11,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components.settings import SettingsError
 from tests.fakes import FakeCloud
-from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, run_program
+from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, pinned_to, run_program
 from tests.test_cockroach_manifests import node_dirs, start_env
 from tests.validators import assert_valid_kubernetes
 
@@ -175,7 +175,8 @@ def test_member_joins_through_the_seeds_join_list(member, signing_seed, tmp_path
 
 
 def test_the_seed_refuses_a_colliding_locality_name(seed_outputs):
-    copycat = run_program({**MEMBER, "memberName": "other"}, stack="copycat", stack_outputs={SEED_STACK: seed_outputs})
+    copycat = run_program(pinned_to(seed_outputs, {**MEMBER, "memberName": "other"}), stack="copycat",
+                          stack_outputs={SEED_STACK: seed_outputs})
     published = {**outputs_of(copycat), "member": "seed"}
     with pytest.raises(Exception, match=r"its memberName 'seed' \(locality cloud=seed\) is already the seed's"):
         run_program({**SEED, "members": ["organization/crdb-federation/copycat"]}, stack="seed",
@@ -193,7 +194,8 @@ def test_the_seed_refuses_a_request_for_another_clouds_address(waiting_member, s
 
 def test_a_member_may_not_take_the_seeds_name(seed_outputs):
     with pytest.raises(Exception, match=r"memberName = 'seed': expected a name other than the seed's"):
-        run_program({**MEMBER, "memberName": "seed"}, stack="x", stack_outputs={SEED_STACK: seed_outputs})
+        run_program(pinned_to(seed_outputs, {**MEMBER, "memberName": "seed"}), stack="x",
+                    stack_outputs={SEED_STACK: seed_outputs})
 
 
 def test_each_node_is_decommissioned_before_what_holds_it_and_the_cloud_before_its_nodes(member):
@@ -312,7 +314,7 @@ def test_existing_network_stack_with_fixed_public_addresses(seed_outputs):
     config = {**MEMBER, "networkMode": "existing", "publicAddressing": "fixed", "existingNetwork": "ext-net"}
     del config["externalNetwork"]
     # The member signs its node certificate with the seed's CA, so it gets a real one.
-    run = run_program(config, stack="ovh", stack_outputs={SEED_STACK: seed_outputs})
+    run = run_program(pinned_to(seed_outputs, config), stack="ovh", stack_outputs={SEED_STACK: seed_outputs})
     assert not run.cloud.of_type("FloatingIp") and not run.cloud.of_type("Router")
     for node in run.output("nodes"):
         assert node["publicIp"] == node["privateIp"]
@@ -324,7 +326,7 @@ def test_existing_kubernetes_stack_builds_no_servers(seed_outputs):
     kubeconfig = yaml.safe_dump({"clusters": [{"name": "magnum", "cluster": {"server": "https://198.20.1.5:6443"}}]})
     config = {**MEMBER, "kubernetesMode": "existing",
               "existingNodes": ["mag-node-0 198.20.1.10 10.0.0.10", "mag-node-1 198.20.1.11 10.0.0.11"]}
-    run = run_program(config, stack="magnum", secrets={"kubeconfig": kubeconfig},
+    run = run_program(pinned_to(seed_outputs, config), stack="magnum", secrets={"kubeconfig": kubeconfig},
                       stack_outputs={SEED_STACK: seed_outputs})
     assert not [r for r in run.cloud.resources if r.type.startswith("openstack:")]
     assert run.cloud.one("pulumi:providers:kubernetes").outputs["kubeconfig"] == kubeconfig
@@ -362,7 +364,8 @@ def test_member_of_a_seed_without_outputs_fails_naming_the_seed_stack():
     # The seed's stack exists but has exported nothing yet (it is not up): `up` must say so, not KeyError.
     with pytest.raises(Exception, match=r"seedStack = 'organization/crdb-federation/seed': that stack has no "
                                         r"output '\w+'\. Bring the seed up first"):
-        run_program(MEMBER, stack="vexxhost", stack_outputs={SEED_STACK: {}})
+        run_program({**MEMBER, "caSha256": ["ab" * 32], "clientCaSha256": ["cd" * 32]}, stack="vexxhost",
+                    stack_outputs={SEED_STACK: {}})
 
 
 def test_a_certificate_covers_exactly_the_addresses_it_names(member):

@@ -2,6 +2,8 @@
 
 import os
 import subprocess
+
+import pytest
 import sys
 
 from tests.harness import ROOT
@@ -114,3 +116,18 @@ def test_installers_print_only_their_bin_directory_on_a_cold_cache(tmp_path):
             assert run.returncode == 0, run.stderr
             assert run.stdout == f"{cache}/{expected}\n", (script, run.stdout)
         assert "go: chatter" in first.stderr and "go: chatter" not in second.stderr, script
+
+
+def test_up_refuses_a_stack_without_a_passphrase_of_its_own(tmp_path):
+    """Stacks that share a secrets provider hold each other's secrets (a StackReference keeps them decrypted):
+    up.sh wants this stack's own passphrase, and names where to put it."""
+    cache = os.environ.get("CRDB_TOOLS_CACHE") or os.path.expanduser("~/.cache/crdb-federation")
+    if not os.path.exists(f"{cache}/pulumi/v3.259.0/bin/pulumi"):
+        pytest.skip("needs the pinned Pulumi CLI in the tools cache (scripts/test.sh installs it first)")
+    (tmp_path / "clouds.yaml").write_text("clouds:\n  seed:\n    auth: {}\n")
+    env = {"PATH": f"{ROOT / 'venv' / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "CRDB_TOOLS_CACHE": cache,
+           "OS_CLIENT_CONFIG_FILE": str(tmp_path / "clouds.yaml"), "PULUMI_BACKEND_URL": f"file://{tmp_path}"}
+    result = subprocess.run(["bash", str(ROOT / "scripts/up.sh"), "seed"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert (f"no passphrase for stack seed: write one of its own into {tmp_path}/.config/crdb-federation/"
+            "passphrases/seed.passphrase") in result.stderr

@@ -22,6 +22,9 @@ VALID = {
     "adminCidrs": '["198.20.0.0/24"]',
     "federationCidrs": '["198.18.0.0/15"]',
     "seedStack": "org/crdb-federation/seed",
+    # What the seed's operator hands over out of band (python -m federation fingerprints).
+    "caSha256": '["' + "ab" * 32 + '"]',
+    "clientCaSha256": '["' + "cd" * 32 + '"]',
 }
 
 
@@ -177,7 +180,8 @@ def test_signed_certificates_come_together():
     assert any(p.startswith("crdb-federation:nodeClientCertificate = None: expected both") for p in found)
 
 
-SEED = {**{k: v for k, v in VALID.items() if k != "seedStack"}, "role": "seed", "clusterOrganization": "acme"}
+SEED = {**{k: v for k, v in VALID.items() if k not in ("seedStack", "caSha256", "clientCaSha256")}, "role": "seed",
+        "clusterOrganization": "acme"}
 LICENCE = {"enterpriseLicense": pulumi.Output.from_input("crl-0-abc")}
 
 
@@ -252,3 +256,25 @@ def test_every_config_key_is_declared_in_the_project_and_its_default_means_absen
     defaults = as_config_strings({k: d["default"] for k, d in declared.items() if "default" in d})
     for role_values, secrets in ((VALID, {}), (SEED, LICENCE)):
         assert parse_settings({**defaults, **role_values}, "m", secrets) == parse_settings(role_values, "m", secrets)
+
+
+def test_a_member_of_a_seed_pins_its_cas_by_fingerprint():
+    pinned = parse_settings({**VALID, "caSha256": '["AB:' + ":".join(["CD"] * 31) + '"]'}, "vexxhost").cockroach
+    assert pinned.ca_sha256 == ("ab" + "cd" * 31,)  # openssl's form, normalised
+    unpinned = {k: v for k, v in VALID.items() if k not in ("caSha256", "clientCaSha256")}
+    found = problems(unpinned)
+    assert [p for p in found if p.startswith("crdb-federation:caSha256 = []: expected the SHA-256 fingerprint")]
+    # A preview (a pull request's) only warns: the seed's operator hands the fingerprints over later.
+    assert parse_settings(unpinned, "vexxhost", preview=True).warnings
+    assert "crdb-federation:clientCaSha256 = 'nope'" in " ".join(problems({**VALID, "clientCaSha256": '["nope"]'}))
+
+
+def test_fingerprints_and_rekeys_belong_to_their_side():
+    found = problems({**SEED, "caSha256": '["' + "ab" * 32 + '"]', "allowRekey": '["org/crdb-federation/otc"]'},
+                     LICENCE)
+    assert any(p.startswith("crdb-federation:caSha256 = ") and "no value on the seed" in p for p in found)
+    assert any(p.startswith("crdb-federation:allowRekey = 'org/crdb-federation/otc': expected stacks listed in")
+               for p in found)
+    assert any("crdb-federation:allowRekey" in p and "no value on a member" in p
+               for p in problems({**VALID, "allowRekey": '["org/crdb-federation/otc"]'}))
+

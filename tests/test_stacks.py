@@ -5,7 +5,7 @@ import yaml
 
 from components.settings import SECRET_KEYS
 from federation.runner import stack_names
-from tests.harness import ROOT, run_program, stack_config
+from tests.harness import ROOT, pinned_to, run_program, stack_config
 from tests.harness import SEED_SECRETS, SEED_STACK
 from tests.test_program import kubernetes_manifests
 from tests.validators import assert_valid_cloud_config, assert_valid_kubernetes
@@ -75,7 +75,7 @@ def test_seed_stack(seed_run, seed_outputs):
 
 @pytest.mark.parametrize("stack", OPERATORS)
 def test_operator_stack_joins_through_the_seed(stack, seed_outputs):
-    config = stack_config(stack)
+    config = pinned_to(seed_outputs, stack_config(stack))  # its operator's first edit, with the seed's operator
     run = run_program(config, stack=stack, stack_outputs={SEED_STACK: seed_outputs})
     _check_run(run)
     assert run.output("caCertificate") == seed_outputs["caCertificate"]
@@ -101,5 +101,8 @@ def test_pull_request_previews_cover_every_stack():
     assert action["with"]["command"] == "preview" and action["with"]["comment-on-pr"] is True
     assert action["with"]["policyPacks"] == "policy"
     assert "cloud-url" in action["with"] and "secrets-provider" in action["with"]
+    # One operator's secrets per job: an environment per stack, and no repository-wide passphrase.
+    assert preview["environment"] == "${{ matrix.stack }}"
+    assert "vars.PULUMI_SECRETS_PROVIDER" not in (ROOT / ".github/workflows/ci.yml").read_text()
     test_job = workflow["jobs"]["test"]
     assert any("scripts/test.sh" in str(step.get("run", "")) for step in test_job["steps"])

@@ -12,7 +12,12 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCALCLOUD = Path(__file__).resolve().parent / "localcloud" / "localcloud.sh"
-PASSPHRASE = "integration-tier"
+# Every stack has a passphrase of its own, as every operator does (README: Secrets apart).
+TOOL_SECRETS_COMMANDS = ("join", "preview", "preflight", "remove", "status")
+
+
+def passphrase(stack: str) -> str:
+    return f"{stack.rsplit('/', 1)[-1]}'s operator alone knows this"
 
 
 @dataclass(frozen=True)
@@ -74,31 +79,37 @@ class Project:
 
     def __init__(self, directory: Path, state: Path, cloud: LocalCloud, pulumi: str):
         self.directory, self.state, self.cloud, self.pulumi = directory, state, cloud, pulumi
+        # Each stack's passphrase in a file of its own, as the tool reads them (--passphrases).
+        self.passphrases = directory / "passphrases"
 
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
+    def env(self, stack: Optional[str] = None) -> dict[str, str]:
+        """The CLI's environment for one stack's commands: that stack's own passphrase, and no other."""
+        environment = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PULUMI_CONFIG_PASSPHRASE")},
             "PULUMI_BACKEND_URL": f"file://{self.state}",
-            "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_DEBUG_COMMANDS": "true",  # enables --event-log
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "OS_CLIENT_CONFIG_FILE": str(self.cloud.clouds_yaml),
         }
+        if stack:
+            environment["PULUMI_CONFIG_PASSPHRASE"] = passphrase(stack)
+        return environment
 
     def run(self, *args: str, stack: Optional[str] = None, check: bool = True, timeout: float = 900,
             stdin: Optional[str] = None, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
         command = [self.pulumi, *args, "--non-interactive"] + (["--stack", stack] if stack else [])
-        done = subprocess.run(command, cwd=self.directory, env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=timeout, input=stdin)
+        done = subprocess.run(command, cwd=self.directory, env={**self.env(stack), **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, input=stdin)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}"
                                  f"\n{done.stderr[-2000:]}")
         return done
 
     def select(self, stack: str) -> None:
-        self.run("stack", "select", "--create", stack)
+        self.run("stack", "select", "--create", "--secrets-provider", "passphrase", stack, env=self.env(stack))
+        self.passphrases.mkdir(exist_ok=True)
+        (self.passphrases / f"{stack}.passphrase").write_text(passphrase(stack))
 
     def events(self, operation: str, stack: str, *args: str, check: bool = False,
                env: Optional[dict[str, str]] = None) -> tuple[list[dict], str]:
@@ -111,10 +122,12 @@ class Project:
 
     def tool(self, *args: str, timeout: float = 1200, env: Optional[dict[str, str]] = None
              ) -> subprocess.CompletedProcess:
-        """`python -m federation ...` inside the copy, on the same backend."""
+        """`python -m federation ...` inside the copy, on the same backend, each stack with its own passphrase."""
+        if args and args[0] in TOOL_SECRETS_COMMANDS:
+            args = (args[0], "--passphrases", str(self.passphrases), *args[1:])
         return subprocess.run([str(ROOT / "venv" / "bin" / "python"), "-m", "federation", *args],
-                              cwd=self.directory, env={**self.env, "PATH": f"{Path(self.pulumi).parent}:"
-                                                                          f"{os.environ['PATH']}", **(env or {})},
+                              cwd=self.directory, env={**self.env(), "PATH": f"{Path(self.pulumi).parent}:"
+                                                                            f"{os.environ['PATH']}", **(env or {})},
                               capture_output=True, text=True, timeout=timeout)
 
 

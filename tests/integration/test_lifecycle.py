@@ -20,9 +20,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.integration.project import step_ops
+from tests.integration.project import passphrase, step_ops
 
 SEED = "seed"
+SEED_STACK = "organization/crdb-federation/seed"
 # One member per way of reaching a cloud: managed network with floating IPs, an existing provider
 # network with public fixed addresses, and one behind an HTTP proxy.
 MEMBERS = ("canonical", "vexxhost", "zte")
@@ -46,11 +47,19 @@ def federation(project, standin):
         project.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
     project.run("config", "set", "--secret", "crdb-federation:enterpriseLicense", LICENCE, stack=SEED)
     seed_events, seed_output = project.events("up", SEED, "--yes", "--skip-preview")
+    # The seed's operator hands every member's operator the CA fingerprints, out of band.
+    prints = project.tool("fingerprints")
+    assert prints.returncode == 0, prints.stdout + prints.stderr
+    pins = dict(line.split(": ", 1) for line in prints.stdout.splitlines() if line.startswith("crdb-federation:"))
+    for stack in MEMBERS:
+        for key, values in pins.items():
+            for index, fingerprint in enumerate(json.loads(values)):
+                project.run("config", "set", "--path", f"{key}[{index}]", fingerprint, stack=stack)
     runs = project.directory / "runs"
     # Preflight would stop every member at its shipped (placeholder) admin range; it is proven in
     # test_preflight.py, this module proves what happens after it.
     joined = project.tool("join", *MEMBERS, "--no-dashboard", "--skip-preflight", "--runs-dir", str(runs))
-    yield {"seed_events": seed_events, "seed_output": seed_output, "join": joined, "runs": runs}
+    yield {"seed_events": seed_events, "seed_output": seed_output, "join": joined, "runs": runs, "pins": pins}
     for stack in (SEED, *MEMBERS):  # whatever a failed test left behind
         project.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, timeout=900, env=FORCED)
 
@@ -154,6 +163,142 @@ def test_every_cluster_read_back_through_its_kubernetes_api(federation, project,
         assert not report["config"]["unknown"], report["config"]
         print(f"{stack}: k3s config keys the stand-in cannot check: {report['config']['unchecked']}")
         assert all(n["kubelet"]["accepted"] for n in report["nodes"].values()), report["nodes"]
+
+
+def _export(project, stack: str) -> dict:
+    """The stack's state as its own operator sees it: decrypted with its own passphrase."""
+    return json.loads(project.run("stack", "export", "--show-secrets", stack=stack).stdout)
+
+
+def _secret_values(state: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """Private key PEMs of the named resources (by name suffix), and the kubeconfig output, of an export."""
+    found = {}
+    for resource in state["deployment"]["resources"]:
+        name = resource["urn"].rsplit("::", 1)[1]
+        outputs = resource.get("outputs") or {}
+        if name.endswith(names) and "privateKeyPem" in outputs:
+            found[name] = _plain(outputs["privateKeyPem"])
+        if resource["type"] == "pulumi:pulumi:Stack":
+            for key in ("kubeconfig", "rootClientKey"):
+                if key in outputs:
+                    found[f"{key} output"] = _plain(outputs[key])
+    return found
+
+
+def _plain(value) -> str:
+    """An export's secret value ({"plaintext": "\"...\""} with --show-secrets) or plain string."""
+    if isinstance(value, dict) and "plaintext" in value:
+        return json.loads(value["plaintext"])
+    return value
+
+
+def _distinctive(secret: str) -> str:
+    """A line of a secret that nothing else holds (a key's body; a kubeconfig's client key)."""
+    return max(secret.splitlines(), key=len)
+
+
+def test_no_operators_state_holds_another_operators_secrets(federation, project):
+    """Each stack with its own passphrase: what a StackReference keeps of another stack stays encrypted for
+    the reader, and the engine elides it."""
+    seed = _secret_values(_export(project, SEED), ("authority-node-ca-key", "authority-client-ca-key",
+                                                   "authority-root-key"))
+    assert set(seed) == {"seed-authority-node-ca-key", "seed-authority-client-ca-key", "seed-authority-root-key",
+                         "kubeconfig output", "rootClientKey output"}, set(seed)
+    seed_text = json.dumps(_export(project, SEED))
+    for member in MEMBERS:
+        state = json.dumps(_export(project, member))
+        leaked = [name for name, value in seed.items() if _distinctive(value) in state]
+        assert not leaked, (member, leaked)
+        mine = _secret_values(_export(project, member), ("identity-key",))
+        assert set(mine) == {f"{member}-identity-key", "kubeconfig output"}, set(mine)
+        assert not [name for name, value in mine.items() if _distinctive(value) in seed_text], member
+        log = next(federation["runs"].glob(f"*-join/logs/{member}.log")).read_text()
+        assert f"eliding undecryptable secrets for stack reference '{SEED_STACK}'" in log, member
+
+
+def test_a_member_refuses_a_seed_state_whose_ca_was_swapped(federation, project):
+    """Whoever can write the seed's state file could swap its CA: the member's pinned fingerprint says no."""
+    path = project.state / ".pulumi" / "stacks" / "crdb-federation" / f"{SEED}.json"
+    original = path.read_text()
+    checkpoint = json.loads(original)
+    [stack] = [r for r in checkpoint["checkpoint"]["latest"]["resources"] if r["type"] == "pulumi:pulumi:Stack"]
+    forged = _another_ca()
+    stack["outputs"]["caCertificate"] = forged
+    path.write_text(json.dumps(checkpoint))
+    try:
+        refused = project.run("preview", stack=MEMBERS[0], check=False)
+    finally:
+        path.write_text(original)
+    text = refused.stdout + refused.stderr
+    print("the member's refusal:", next((line for line in text.splitlines() if "caSha256" in line), text[-800:]))
+    assert refused.returncode != 0
+    from components.federation import fingerprints
+    assert f"crdb-federation:caSha256 = {json.loads(federation['pins']['crdb-federation:caSha256'])}" in text
+    assert fingerprints(forged)[0] in text and "is not pinned" in text
+
+
+def _another_ca() -> str:
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crdb-federation node CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_member_whose_secrets_provider_decrypts_the_seeds_secrets_fails_preflight(federation, project, tmp_path):
+    member = MEMBERS[0]
+    shared = tmp_path / "passphrases"
+    shared.mkdir()
+    (shared / f"{member}.passphrase").write_text(passphrase(SEED))  # the seed's, by mistake
+    path = project.directory / "preflight-shared.json"
+    project.tool("preflight", member, "--my-address", "198.18.0.10", "--json", str(path), "--passphrases", str(shared))
+    [check] = [f for f in json.loads(path.read_text()) if f["check"] == "Secrets"]
+    print("preflight with the seed's passphrase:", check)
+    assert check["status"] == "fail" and f"decrypts {SEED_STACK}'s" in check["found"] and "rootClientKey" in check["found"]
+    # With its own, it passes.
+    project.tool("preflight", member, "--my-address", "198.18.0.10", "--json", str(path))
+    [check] = [f for f in json.loads(path.read_text()) if f["check"] == "Secrets"]
+    assert check["status"] == "pass", check
+
+
+def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federation, project, standin):
+    """A member whose state lives apart from the seed's (its operator's own bucket, say): it reads nothing of
+    the seed's state, and takes the seed's public outputs from its own config."""
+    from tests.integration.project import Project
+
+    apart = project.state.parent / "state-apart"
+    apart.mkdir()
+    alone = Project(project.directory, apart, project.cloud, project.pulumi)
+    stack = "suse"  # a managed network, as canonical's
+    seed = _outputs(project, SEED)
+    alone.select(stack)
+    alone.run("config", "rm", "crdb-federation:seedStack", stack=stack)
+    alone.run("config", "set", "crdb-federation:nodeCount", "1", stack=stack)
+    alone.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
+    for index, address in enumerate(seed["federationJoin"]):
+        alone.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
+    for key in ("caCertificate", "clientCaCertificate"):
+        alone.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
+    try:
+        events, output = alone.events("up", stack, "--yes", "--skip-preview", check=True)
+        outputs = json.loads(alone.run("stack", "output", "--json", stack=stack).stdout)
+        # Built and waiting: the seed signs requests it can read, and this stack's it cannot (another backend).
+        assert outputs["certificatesSigned"] is False
+        assert outputs["caCertificate"].strip() == seed["caCertificate"].strip()
+        state = json.dumps(_export(alone, stack))
+        assert SEED_STACK not in state and "StackReference" not in state
+        assert standin.report(stack).get("api"), standin.report(stack)
+    finally:
+        alone.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, env=FORCED)
 
 
 def test_the_unit_tiers_kubernetes_fakes_answer_as_the_real_api_does(federation, project, standin):
