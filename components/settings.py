@@ -7,9 +7,11 @@ the key, the value and what is expected. Nothing is created before this succeeds
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -264,9 +266,30 @@ class _Reader:
 
     def certificate(self, key: str) -> Optional[str]:
         value = self.string(key)
-        if value is not None and not _PEM_CERTIFICATE.match(value):
+        if value is not None and not (_PEM_CERTIFICATE.match(value) and _loads_as_certificates(value)):
             self.problem(key, value[:40] + ("..." if len(value) > 40 else ""), "a PEM certificate")
         return value
+
+
+def _loads_as_certificates(pem: str) -> bool:
+    """Every block of the PEM text is a certificate that parses (the shape alone lets garbage through)."""
+    from cryptography import x509
+
+    try:
+        return bool(x509.load_pem_x509_certificates(pem.encode()))
+    except ValueError:
+        return False
+
+
+def _is_http_url(value: str) -> bool:
+    if not re.match(r"^https?://[^\s'\"]+$", value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return bool(parts.hostname)
 
 
 def is_cidr(value: str) -> bool:
@@ -339,6 +362,12 @@ def parse_settings(
     """Validates the whole stack configuration and returns the settings, or raises SettingsError."""
     secrets = dict(secrets or {})
     r = _Reader(values)
+    given = {**{key: "[secret]" for key in secrets}, **values}
+    for key in sorted(set(given) - set(CONFIG_KEYS) - set(SECRET_KEYS)):
+        # A misspelt key would otherwise be ignored and its default used, silently.
+        close = difflib.get_close_matches(key, (*CONFIG_KEYS, *SECRET_KEYS), n=1)
+        r.problem(key, given[key], "no such key: this program reads " + (
+            f"{PROJECT}:{close[0]}" if close else "the keys Pulumi.yaml declares"))
 
     node_count = r.integer("nodeCount", 3, 1, 500)
     server_flavor = r.string("serverFlavor", required=True)
@@ -434,8 +463,9 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network:
     releases_url = r.string("k3sReleasesUrl", DEFAULT_K3S_RELEASES_URL)
     proxy = r.string("httpProxy")
     for key, url in (("k3sInstallScriptUrl", script_url), ("k3sReleasesUrl", releases_url), ("httpProxy", proxy)):
-        if url is not None and not re.match(r"^https?://[^\s'\"]+$", url):
-            r.problem(key, url, "an http:// or https:// URL without spaces or quotes")
+        if url is not None and not _is_http_url(url):
+            r.problem(key, url, "an http:// or https:// URL with a host (and a numeric port, if any), without "
+                      "spaces or quotes")
     for key, url in (("k3sInstallScriptUrl", script_url), ("k3sReleasesUrl", releases_url)):
         if url is not None and url.startswith("http://"):
             r.problem(key, url, "an https:// URL (the k3s download must be authenticated)")
@@ -453,6 +483,9 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network:
 
     nodes: list[ExistingNode] = []
     kubeconfig = secrets.get("kubeconfig")
+    if mode != "existing" and r.string_list("existingNodes"):
+        r.problem("existingNodes", r.values["existingNodes"], f"no nodes: they are read with kubernetesMode existing "
+                  f"only, and this stack has {mode}")
     if mode == "existing":
         if kubeconfig is None:
             r.problem("kubeconfig", None, "a secret kubeconfig (kubernetesMode is existing)")
@@ -512,6 +545,8 @@ def _parse_cockroach(
     cpu = r.string("cockroachCpu", "2")
     r.matching("cockroachCpu", cpu, _CPU, "a CPU quantity such as 2 or 1500m")
     namespace = r.string("namespace", "cockroachdb")
+    if len(namespace) > 63:
+        r.problem("namespace", namespace, "a lower-case DNS label of at most 63 characters")
     r.matching("namespace", namespace, _DNS_LABEL, "a lower-case DNS label")
 
     seed_stack = r.string("seedStack")
@@ -639,10 +674,20 @@ CONFIG_KEYS = (
 )
 
 
+def _given_keys() -> list[str]:
+    """The keys of this project the stack sets, known or not (the SDK's config map, as the engine filled it)."""
+    given = {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    return [key.split(":", 1)[1] for key in given if key.startswith(f"{PROJECT}:") and
+            key.split(":", 1)[1] not in SECRET_KEYS]
+
+
 def load_settings(config: Optional[pulumi.Config] = None, stack: Optional[str] = None) -> Settings:
     """Reads every known key from the stack's config and parses it (the one place that touches pulumi.Config)."""
     config = config or pulumi.Config()
     values = {key: config.get(key) for key in CONFIG_KEYS}
+    # An unknown key's value goes into the error message: not a secret's.
+    values.update({key: "[secret]" if pulumi.runtime.is_config_secret(f"{PROJECT}:{key}") else config.get(key)
+                   for key in _given_keys() if key not in CONFIG_KEYS})
     values = {k: v for k, v in values.items() if v is not None}
     secrets: dict[str, pulumi.Output] = {}
     plaintext: list[str] = []

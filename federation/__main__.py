@@ -136,6 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         missing = require_pulumi_cli()
         if missing is not None:
             return missing
+    if args.command in ("join", "preview", "remove"):
+        # The CLI's own words for a stack file that is no mapping do not name the file (v3.259: "getting stack
+        # configuration: expected project to be an object"); ours do, before any engine starts.
+        unreadable = stack_file_errors([*(chosen or known), *([args.seed] if args.command == "join" else [])])
+        if unreadable:
+            return fail("; ".join(unreadable))
     default_backend()
     try:
         environments = stack_environments(args, known)
@@ -191,6 +197,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "fingerprints":
         return fingerprints_command(args.seed, console)
     return status_command(args, console, environments.get(args.seed, {}))
+
+
+def stack_file_errors(stacks: Sequence[str]) -> list[str]:
+    """What the CLI would refuse in each stack's file, in words naming the file or the key."""
+    errors = []
+    for name in dict.fromkeys(stacks):
+        try:
+            stack_config.resolve(name)
+        except stack_config.StackConfigError as error:
+            errors.append(str(error))
+    return errors
 
 
 def stack_environments(args: argparse.Namespace, known: Sequence[str]) -> dict[str, dict[str, str]]:

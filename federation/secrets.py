@@ -31,7 +31,7 @@ def secrets_provider(stack: str, root: Path = ROOT) -> Optional[str]:
     """The provider the stack file names (`secretsprovider:`), or None for the passphrase default."""
     path = stack_file(stack, root)
     document = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    provider = (document or {}).get("secretsprovider")
+    provider = document.get("secretsprovider") if isinstance(document, dict) else None
     return None if provider in (None, "", "passphrase", "default") else provider
 
 

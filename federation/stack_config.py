@@ -69,7 +69,16 @@ def resolve(stack: str, root: Path = ROOT) -> dict[str, Any]:
     Values keep their YAML types (lists stay lists); encrypted values stay `{"secure": ...}`. Raises
     StackConfigError with the CLI's message for a missing required key or a value of the wrong type."""
     name, declared = declared_config(root / "Pulumi.yaml")
-    document = yaml.safe_load(stack_file(stack, root).read_text()) or {}
+    path = stack_file(stack, root)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise StackConfigError(f"{path.name} is not YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("config") or {}, dict):
+        raise StackConfigError(f"{path.name}: expected a mapping whose config: is a mapping of "
+                               f"{name}:<key>: <value>, found {type(document).__name__}"
+                               + ("" if not isinstance(document, dict) else
+                                  f" with config: a {type(document['config']).__name__}"))
     values = {key.split(":", 1)[1]: value for key, value in (document.get("config") or {}).items()
               if key.startswith(f"{name}:")}
     missing = [key for key, spec in declared.items() if "default" not in spec and key not in values]

@@ -360,6 +360,18 @@ def test_invalid_settings_create_nothing():
     assert "crdb-federation:adminCidrs = 'nope'" in str(error.value)
 
 
+def test_a_misspelt_key_is_refused_naming_the_key_it_resembles_and_no_secret_value():
+    cloud = FakeCloud()
+    with pytest.raises(SettingsError) as error:
+        run_program({**MEMBER, "nodeCont": 5}, stack="typo", secrets={"enterpriseLicence": "crl-0-secret"},
+                    cloud=cloud)
+    assert cloud.resources == []
+    assert [p for p in error.value.problems if "no such key" in p] == [
+        "crdb-federation:enterpriseLicence = '[secret]': expected no such key: this program reads "
+        "crdb-federation:enterpriseLicense",
+        "crdb-federation:nodeCont = '5': expected no such key: this program reads crdb-federation:nodeCount"]
+
+
 def test_member_of_a_seed_without_outputs_fails_naming_the_seed_stack():
     # The seed's stack exists but has exported nothing yet (it is not up): `up` must say so, not KeyError.
     with pytest.raises(Exception, match=r"seedStack = 'organization/crdb-federation/seed': that stack has no "

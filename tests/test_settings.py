@@ -159,7 +159,32 @@ def test_member_needs_a_way_to_the_cluster():
     assert any(p.startswith("crdb-federation:clientCaCertificate = None") for p in found)
 
 
-PEM = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+def _self_signed() -> str:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "settings test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+
+
+PEM = _self_signed()
+
+
+def test_a_certificate_must_parse_not_only_look_like_pem():
+    garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    values = {k: v for k, v in VALID.items() if k != "seedStack"}
+    found = problems({**values, "joinAddresses": '["198.18.0.5:26257"]', "caCertificate": garbled,
+                      "clientCaCertificate": PEM})
+    assert found == ["crdb-federation:caCertificate = '-----BEGIN CERTIFICATE-----\\nAAAA\\n-----EN...': "
+                     "expected a PEM certificate"]
 
 
 def test_member_with_explicit_join_and_ca_certificates_is_valid():
@@ -278,3 +303,9 @@ def test_fingerprints_and_rekeys_belong_to_their_side():
     assert any("crdb-federation:allowRekey" in p and "no value on a member" in p
                for p in problems({**VALID, "allowRekey": '["org/crdb-federation/otc"]'}))
 
+
+def test_a_key_this_program_does_not_read_is_refused_with_the_one_it_resembles():
+    assert problems({**VALID, "federationCidr": '["198.18.0.0/15"]'}, secrets={"kubeconfg": object()}) == [
+        "crdb-federation:federationCidr = '[\"198.18.0.0/15\"]': expected no such key: this program reads "
+        "crdb-federation:federationCidrs",
+        "crdb-federation:kubeconfg = '[secret]': expected no such key: this program reads crdb-federation:kubeconfig"]

@@ -117,7 +117,9 @@ class Project:
         log = self.directory / f"events-{stack}-{operation}.jsonl"
         log.unlink(missing_ok=True)
         done = self.run(operation, *args, "--event-log", str(log), stack=stack, check=check, env=env)
-        events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        # A CLI that refuses before the engine starts (an unreadable stack file) writes no log.
+        lines = log.read_text().splitlines() if log.exists() else []
+        events = [json.loads(line) for line in lines if line.strip()]
         return events, done.stdout + done.stderr
 
     def tool(self, *args: str, timeout: float = 1200, env: Optional[dict[str, str]] = None
