@@ -12,6 +12,7 @@ from components.settings import (
     CONFIG_KEYS, DEFAULT_COCKROACH_IMAGE, DEFAULT_K3S_VERSION, SettingsError, parse_settings,
 )
 from tests.harness import ROOT
+from tests.test_trust import another_ca
 
 VALID = {
     "cloud": "vexxhost",
@@ -159,23 +160,7 @@ def test_member_needs_a_way_to_the_cluster():
     assert any(p.startswith("crdb-federation:clientCaCertificate = None") for p in found)
 
 
-def _self_signed() -> str:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "settings test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
-
-
-PEM = _self_signed()
+PEM, _ = another_ca()
 
 
 def test_a_certificate_must_parse_not_only_look_like_pem():

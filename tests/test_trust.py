@@ -18,9 +18,10 @@ from tests.fakes import FakeCloud
 from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, SEED_STACK, outputs_of, pinned_to, run_program
 
 
-def another_ca() -> tuple[str, str]:
+def another_ca(common_name: str = "someone else's CA") -> tuple[str, str]:
+    """A CA certificate and its key that are not the federation's (a forger may well copy its name)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.integration.project import passphrase, step_ops
+from tests.test_trust import another_ca
 
 SEED = "seed"
 SEED_STACK = "organization/crdb-federation/seed"
@@ -222,7 +223,7 @@ def test_a_member_refuses_a_seed_state_whose_ca_was_swapped(federation, project)
     original = path.read_text()
     checkpoint = json.loads(original)
     [stack] = [r for r in checkpoint["checkpoint"]["latest"]["resources"] if r["type"] == "pulumi:pulumi:Stack"]
-    forged = _another_ca()
+    forged, _ = another_ca("crdb-federation node CA")
     stack["outputs"]["caCertificate"] = forged
     path.write_text(json.dumps(checkpoint))
     try:
@@ -235,23 +236,6 @@ def test_a_member_refuses_a_seed_state_whose_ca_was_swapped(federation, project)
     from components.federation import fingerprints
     assert f"crdb-federation:caSha256 = {json.loads(federation['pins']['crdb-federation:caSha256'])}" in text
     assert fingerprints(forged)[0] in text and "is not pinned" in text
-
-
-def _another_ca() -> str:
-    import datetime
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crdb-federation node CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def test_a_member_whose_secrets_provider_decrypts_the_seeds_secrets_fails_preflight(federation, project, tmp_path):
