@@ -1,4 +1,4 @@
-"""python -m federation {join,preview,preflight,remove,ranges,status,fingerprints,report}: the whole federation from
+"""python -m federation {join,preview,preflight,remove,orphans,ranges,status,fingerprints,report}: the whole federation from
 one terminal."""
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     remove.add_argument("stack")
     remove.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
     remove.add_argument("--yes", action="store_true", help="do it (without it: say what would happen)")
+    orphans = commands.add_parser("orphans", help="a member's resources in its cloud that its state does not hold "
+                                  "(an interrupted run's); read-only unless --delete", parents=[keys])
+    orphans.add_argument("stack")
+    orphans.add_argument("--delete", action="store_true", help="delete those that hold nothing")
     destroy = commands.add_parser("destroy", help="refused: use `remove`, which decommissions first")
     destroy.add_argument("stack")
     commands.add_parser("ranges", help="every stack's node addresses, as federationCidrs entries")
@@ -131,12 +135,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "the cloud's nodes first (README: Remove a cloud)")
     if args.command == "remove" and args.stack == SEED:
         return fail("the seed holds the established cluster and the federation's CAs; it is not removed from here")
-    if args.command in ("join", "preview", "remove", "ranges", "fingerprints") or (
+    if args.command in ("join", "preview", "remove", "ranges", "fingerprints", "orphans") or (
             args.command == "status" and not (args.host and args.certs_dir)):
         missing = require_pulumi_cli()
         if missing is not None:
             return missing
-    if args.command in ("join", "preview", "remove"):
+    if args.command in ("join", "preview", "remove", "orphans"):
         # The CLI's own words for a stack file that is no mapping do not name the file (v3.259: "getting stack
         # configuration: expected project to be an object"); ours do, before any engine starts.
         unreadable = stack_file_errors([*(chosen or known), *([args.seed] if args.command == "join" else [])])
@@ -192,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             console.print(f"next: remove {args.stack} from the seed's crdb-federation:members and run `pulumi up "
                           "--stack seed`; every operator drops its addresses from federationCidrs")
         return code
+    if args.command == "orphans":
+        return orphans_command(LazyStack(args.stack, environments[args.stack]), args.delete, console)
     if args.command == "ranges":
         return ranges_command(known, console)
     if args.command == "fingerprints":
@@ -217,7 +223,7 @@ def stack_environments(args: argparse.Namespace, known: Sequence[str]) -> dict[s
         involved = [*(args.stacks or known)] + [args.seed]
     elif command in ("preview", "preflight"):
         involved = args.stacks or list(known)
-    elif command == "remove":
+    elif command in ("remove", "orphans"):
         involved = [args.stack]
     elif command == "status" and not (args.host and args.certs_dir):
         involved = [args.seed]
@@ -246,6 +252,25 @@ def fingerprints_command(seed: str, console: Console) -> int:
                   f"crdb-federation:clientCaSha256: {json.dumps(fingerprints(outputs['clientCaCertificate']))}",
                   soft_wrap=True)
     return 0
+
+
+def orphans_command(stack: "LazyStack", delete: bool, console: Console) -> int:
+    """Lists (and with --delete removes) what an interrupted run left in the cloud (federation/recovery.py)."""
+    from . import recovery
+
+    cloud, orphans = stack.orphans()
+    for orphan in orphans:
+        console.print(orphan.line(), soft_wrap=True)
+    if not orphans:
+        console.print(f"{stack.name}: no orphans: every resource of the member in its cloud is in the state")
+        return 0
+    if not delete:
+        console.print(f"{len(orphans)} orphan(s); `python -m federation orphans {stack.name} --delete` deletes "
+                      "those not kept")
+        return 1
+    deleted = recovery.delete_orphans(cloud, orphans, console.print)
+    console.print(f"deleted {len(deleted)} of {len(orphans)} orphan(s)")
+    return 0 if len(deleted) == len(orphans) else 1
 
 
 def ranges_command(stacks: Sequence[str], console: Console) -> int:
@@ -325,6 +350,9 @@ class LazyStack:
 
     def add_members(self, stacks):
         return self._get().add_members(stacks)
+
+    def orphans(self):
+        return self._get().orphans()
 
 
 if __name__ == "__main__":

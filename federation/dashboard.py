@@ -9,7 +9,8 @@ from rich.table import Table
 from .preflight import Finding
 from .progress import CloudProgress, phases_of, summary_order
 
-STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red"}
+STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red",
+                "refused": "magenta"}
 
 
 def progress_table(clouds: Sequence[CloudProgress], now: float, title: str) -> Table:
@@ -36,7 +37,7 @@ def summary_table(clouds: Sequence[CloudProgress]) -> Table:
     for rank, cloud in enumerate(ordered, 1):
         elapsed = f"{cloud.elapsed:.1f}s" if cloud.elapsed is not None else "-"
         table.add_row(str(rank), cloud.stack, f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]", elapsed,
-                      cloud.error if cloud.status == "failed" else "")
+                      cloud.error if cloud.status in ("failed", "refused") else "")
     return table
 
 

@@ -11,6 +11,9 @@ PHASES = ("network", "servers", "kubernetes", "cockroachdb", "signing", "joined"
 FINAL_PHASE = {"up": "joined", "preview": "previewed", "destroy": "destroyed"}
 DAEMONSET = "kubernetes:apps/v1:DaemonSet"
 STACK = "pulumi:pulumi:Stack"
+# Another run holds the stack: the file/S3 backends' words (pulumi v3.259.0 pkg/backend/diy/lock.go
+# checkForLock), then Pulumi Cloud's (automation errors.py conflict_text). The engine started nothing.
+LOCKED = ("the stack is currently locked by", "Another update is currently in progress")
 
 
 def phases_of(operation: str) -> tuple[str, ...]:
@@ -39,7 +42,7 @@ class CloudProgress:
 
     stack: str
     operation: str = "up"  # up | preview | destroy
-    status: str = "waiting"  # waiting | running | succeeded | failed
+    status: str = "waiting"  # waiting | running | succeeded | failed | refused (another run holds the stack)
     phase: str = ""
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
@@ -108,6 +111,8 @@ class CloudProgress:
             self.status = "succeeded"
             if self.phase != "signing":
                 self._reach(FINAL_PHASE[self.operation], now)
+        elif any(marker in str(error) for marker in LOCKED):
+            self.status, self.error = "refused", lock_holders(str(error))
         else:
             self.status = "failed"
             # The Automation API's exception ends with the run's summary; the engine said what went wrong.
@@ -147,3 +152,11 @@ def _not_awaited(metadata: Any) -> bool:
 def _last_lines(text: str, count: int = 5) -> str:
     lines = [line.rstrip() for line in (text or "").strip().splitlines() if line.strip()]
     return "\n".join(lines[-count:])
+
+
+def lock_holders(message: str) -> str:
+    """Who holds the stack, from the CLI's refusal: each lock's "created by user@host (pid N) at time" line."""
+    holders = [line.strip() for line in message.splitlines() if "created by" in line]
+    return ("another run holds this stack" + (": " + "; ".join(holders) if holders else "")
+            + ". Nothing was started; run again once it ends (if its process is gone, `pulumi cancel` "
+            "releases the lock)")

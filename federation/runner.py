@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+from . import recovery
 from .progress import CloudProgress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,15 @@ class PulumiStack:
         self._delete_server = delete_server or self._delete_server_in_cloud
 
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
+        if operation in ("up", "destroy"):
+            self._unlocked(lambda: self._run(operation, on_event, on_output), on_output)
+        else:
+            self._run(operation, on_event, on_output)
+
+    def _run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
         extra: dict[str, Any] = {}
+        if operation in ("up", "destroy"):
+            self._recover(on_output)
         if operation == "up":
             broken = self._broken_servers(on_output)
             if broken:
@@ -79,6 +88,56 @@ class PulumiStack:
             on_output(f"a server in ERROR was still being deleted; retrying in {self.retry_delay:.0f}s")
             time.sleep(self.retry_delay)
             method(on_event=on_event, on_output=on_output, color="never", **extra)
+
+    def _unlocked(self, work: Callable[[], None], on_output: Callable[[str], None]) -> None:
+        """Runs `work`; if a lock refuses it and every holder is a process of this machine that no longer
+        runs (an engine that was killed), releases the lock and runs it once more. A live holder's refusal,
+        or one from another machine, goes to the operator as it is."""
+        try:
+            work()
+        except Exception as error:
+            holders = recovery.lock_holders(str(error))
+            if not recovery.stale(holders):
+                raise
+            on_output(f"{self.name}'s lock was left by a run that is gone ("
+                      + "; ".join(f"pid {h.pid} on {h.host} since {h.at}" for h in holders)
+                      + "): releasing it (pulumi cancel)")
+            self._stack.cancel()
+            work()
+
+    def _recover(self, on_output: Callable[[str], None]) -> None:
+        """An interrupted run leaves pending operations in the state and, in the cloud, what its creates had
+        made (federation/recovery.py): a refresh clears the pending creates, then those orphans are deleted,
+        so the run that follows makes each resource once."""
+        deployment = self._stack.export_stack().deployment
+        pending = recovery.pending_operations(deployment)
+        if not pending:
+            return
+        # The refresh takes the stack's lock: nothing is deleted while another run may hold it.
+        self._stack.refresh(clear_pending_creates=True, on_output=on_output, color="never")
+        on_output(f"the last run of {self.name} was interrupted: {len(pending)} pending operation(s) "
+                  f"({recovery.describe_pending(pending)}), cleared by a refresh; deleting what they left in the "
+                  "cloud")
+        cloud, orphans = self.orphans()
+        recovery.delete_orphans(cloud, orphans, on_output)
+        for orphan in orphans:
+            if orphan.kept:
+                on_output(f"not deleted: {orphan.line()}; see python -m federation orphans {self.name}")
+
+    def orphans(self) -> tuple[Any, list[recovery.Orphan]]:
+        """The stack's cloud, and the member's resources in it that the state does not hold."""
+        cloud, member = self._cloud()
+        return cloud, recovery.find_orphans(cloud, member, recovery.state_ids(self._stack.export_stack().deployment))
+
+    def _cloud(self) -> tuple[Any, str]:
+        """The stack's cloud, with its own clouds.yaml entry as `pulumi up` uses it, and its member name."""
+        import openstack
+
+        from . import stack_config
+
+        config = stack_config.resolve(self.name, self.work_dir)
+        return (openstack.connect(cloud=config["cloud"], region_name=config["region"]),
+                config.get("memberName") or self.name)
 
     def _broken_servers(self, on_output: Callable[[str], None]) -> list[str]:
         """Servers to heal. A server that ended in ERROR is otherwise only `updated` by the next `up`, which
@@ -106,13 +165,7 @@ class PulumiStack:
         self._stack.refresh(target=broken + attachments_of(deployment, broken), on_output=on_output, color="never")
 
     def _delete_server_in_cloud(self, server_id: str) -> None:
-        """With the stack's own clouds.yaml entry, as `pulumi up` uses it."""
-        import openstack
-
-        from . import stack_config
-
-        config = stack_config.resolve(self.name, self.work_dir)
-        cloud = openstack.connect(cloud=config["cloud"], region_name=config["region"])
+        cloud, _ = self._cloud()
         server = cloud.compute.get_server(server_id)
         cloud.compute.delete_server(server)
         cloud.compute.wait_for_delete(server, wait=600)

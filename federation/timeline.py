@@ -85,7 +85,7 @@ def render_report(record: dict[str, Any]) -> str:
             else:
                 parts.append(f'<rect class="failed" x="{x - 4:.1f}" y="{y + 6}" width="8" height="{row - 12}" '
                              f'fill="{FAILED_COLOUR}"/>')
-                label = "failed"
+                label = cloud["status"]  # failed, or refused (another run held the stack)
             parts.append(f'<text x="{x + 9:.1f}" y="{y + 17}" font-size="11">{label}</text>')
         parts.append("</g>")
     legend_y = height - 14

@@ -95,6 +95,32 @@ def test_one_failure_does_not_stop_the_others(tmp_path):
     assert "DaemonSet creating" in (tmp_path / "logs" / "good1.log").read_text()
 
 
+class LockedStack(FakeStack):
+    """The CLI's refusal when another run holds the stack (pulumi v3.259.0 pkg/backend/diy/lock.go)."""
+
+    def run(self, operation, on_event, on_output):
+        raise RuntimeError(
+            "code: 255\n stdout: \n stderr: error: the stack is currently locked by 1 lock(s). Either wait for the "
+            "other process(es) to end or delete the lock file with `pulumi cancel`.\n  file:///state/.pulumi/locks/"
+            "organization/crdb-federation/otc/5a3c.json: created by ops@laptop (pid 4242) at 2026-12-01T23:59:00Z\n")
+
+
+def test_a_stack_another_run_holds_is_refused_naming_the_holder_not_failed(tmp_path):
+    run = Run(["otc", "zte"], "up", tmp_path / "logs")
+    run_concurrently(run, [LockedStack("otc"), FakeStack("zte", 0.05)], parallelism=2)
+    otc = run.progress["otc"]
+    assert (otc.status, run.progress["zte"].status) == ("refused", "succeeded")
+    assert otc.error.startswith("another run holds this stack: file:///state/.pulumi/locks/organization/"
+                                "crdb-federation/otc/5a3c.json: created by ops@laptop (pid 4242) at "
+                                "2026-12-01T23:59:00Z. Nothing was started")
+    console = Console(record=True, width=300, file=open(os.devnull, "w"))
+    console.print(summary_table(run.snapshot()))
+    shown = console.export_text()
+    assert "refused" in shown and "ops@laptop (pid 4242)" in shown
+    report = timeline.render_report(timeline.timeline("up", run.started_wall, run.snapshot()))
+    assert 'data-status="refused"' in report
+
+
 def test_join_brings_up_a_seed_that_is_not_up_first(tmp_path):
     seed = FakeStack("seed", 0.05)
     members = [FakeStack("a", 0.05), FakeStack("b", 0.05)]

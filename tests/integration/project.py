@@ -13,7 +13,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[2]
 LOCALCLOUD = Path(__file__).resolve().parent / "localcloud" / "localcloud.sh"
 # Every stack has a passphrase of its own, as every operator does (README: Secrets apart).
-TOOL_SECRETS_COMMANDS = ("join", "preview", "preflight", "remove", "status")
+TOOL_SECRETS_COMMANDS = ("join", "preview", "preflight", "remove", "status", "orphans")
 
 
 def passphrase(stack: str) -> str:

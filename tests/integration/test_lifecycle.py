@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -285,6 +286,78 @@ def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federati
         alone.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, env=FORCED)
 
 
+def _explicit_member(project, stack: str, node_count: int) -> None:
+    """A member that takes the seed's public outputs from its own config (no StackReference, no signing)."""
+    seed = _outputs(project, SEED)
+    project.select(stack)
+    project.run("config", "rm", "crdb-federation:seedStack", stack=stack)
+    project.run("config", "set", "crdb-federation:nodeCount", str(node_count), stack=stack)
+    project.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
+    for index, address in enumerate(seed["federationJoin"]):
+        project.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
+    for key in ("caCertificate", "clientCaCertificate"):
+        project.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
+
+
+def _in_cloud(cloud, stack: str) -> dict[str, list[str]]:
+    """The stack's servers, data volumes, ports and floating IPs in the cloud, by name (IPs by description)."""
+    prefix = f"{stack}-"
+    return {
+        "servers": sorted(s.name for s in cloud.compute.servers() if s.name.startswith(prefix)),
+        "volumes": sorted(v.name for v in cloud.block_storage.volumes() if (v.name or "").startswith(prefix)),
+        "ports": sorted(p.name for p in cloud.network.ports() if p.name.startswith(prefix)),
+        "floating IPs": sorted(i.description for i in cloud.network.ips()
+                               if (i.description or "").startswith(f"crdb-federation {prefix}")),
+    }
+
+
+def test_an_up_killed_while_servers_are_created_is_reconciled_by_the_next_join(federation, project, standin):
+    """SIGKILL the engine (CLI, language host, plugins) while servers and volumes are being created: its lock
+    and pending creates stay, and what the creates made is in the cloud but not in the state. The next
+    `join` releases the dead run's lock, clears the pending creates, deletes the orphans and converges."""
+    import os
+    import signal
+
+    stack = "easystack"
+    _explicit_member(project, stack, node_count=2)
+    cloud = project.cloud.connect()
+    engine = subprocess.Popen([project.pulumi, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
+                              cwd=project.directory, env=project.env(stack), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not _in_cloud(cloud, stack)["servers"] and engine.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(engine.pid, signal.SIGKILL)
+    engine.wait()
+    try:
+        before = _in_cloud(cloud, stack)
+        state = json.loads(project.run("stack", "export", stack=stack).stdout)["deployment"]
+        pending = [op["resource"]["urn"].rsplit("::", 1)[1] for op in state.get("pending_operations") or []]
+        print("killed mid-create; in the cloud:", before, "pending:", pending)
+        assert before["servers"] and pending, (before, pending)
+        runs = project.directory / "runs-interrupted"
+        joined = project.tool("join", stack, "--no-dashboard", "--skip-preflight", "--runs-dir", str(runs))
+        log = next(runs.glob(f"*-join/logs/{stack}.log")).read_text()
+        said = [line for line in log.splitlines() if any(w in line for w in ("lock was left", "interrupted", "orphan"))]
+        print("the next join said:", *said, sep="\n  ")
+        assert joined.returncode == 0, joined.stdout[-3000:] + log[-3000:]
+        assert any("lock was left by a run that is gone" in line for line in said), said
+        assert any("was interrupted" in line for line in said), said
+        after = _in_cloud(cloud, stack)
+        print("after the join:", after)
+        nodes = [f"{stack}-k3s-{i}" for i in range(2)]
+        assert after == {"servers": nodes, "volumes": [f"{n}-data" for n in nodes],
+                         "ports": [f"{n}-port" for n in nodes],
+                         "floating IPs": [f"crdb-federation {n}" for n in nodes]}, after
+        listed = project.tool("orphans", stack)
+        assert listed.returncode == 0 and "no orphans" in listed.stdout, listed.stdout + listed.stderr
+    finally:
+        project.run("cancel", "--yes", stack=stack, check=False)  # if the join never released the dead lock
+        project.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, env=FORCED)
+        project.tool("orphans", stack, "--delete")
+    assert _in_cloud(cloud, stack) == {"servers": [], "volumes": [], "ports": [], "floating IPs": []}
+
+
 def test_the_unit_tiers_kubernetes_fakes_answer_as_the_real_api_does(federation, project, standin):
     """tests/test_decommission.py's FakeKube (a Job's life), tests/test_readiness.py's /readyz server and
     tests/test_kube_nodes.py's 404 are what the real API server answers: checked once here."""
@@ -355,6 +428,33 @@ def test_a_second_up_of_every_stack_changes_nothing(federation, project):
         # A stack reference is read on every run; that is no change.
         ops = {u: o for u, o in step_ops(events).items() if _type(u) != "pulumi:pulumi:StackReference"}
         assert ops and set(ops.values()) == {"same"}, (stack, {u: o for u, o in ops.items() if o != "same"})
+
+
+def test_a_second_operator_on_the_same_stack_is_refused_naming_who_holds_it(federation, project):
+    """Two people in one company run `up` of one stack at once: the first holds the backend's lock, the
+    tool's run of the second is refused (not failed) with the holder, and nothing is made twice."""
+    stack = MEMBERS[0]
+    locks = project.state / ".pulumi" / "locks" / "organization" / "crdb-federation" / stack
+    first = subprocess.Popen([project.pulumi, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
+                             cwd=project.directory, env=project.env(stack), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(locks.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runs = project.directory / "runs-locked"
+    try:
+        second = project.tool("join", stack, "--no-dashboard", "--skip-preflight", "--runs-dir", str(runs))
+    finally:
+        said, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, said[-3000:]
+    [timeline] = list(runs.glob("*-join/*.json"))
+    cloud = next(c for c in json.loads(timeline.read_text())["clouds"] if c["stack"] == stack)
+    print("the second operator's run:", cloud["status"], cloud["error"])
+    assert second.returncode == 1 and cloud["status"] == "refused", cloud
+    assert f"(pid {first.pid})" in cloud["error"] and "created by" in cloud["error"]
+    assert 'data-status="refused"' in timeline.with_suffix(".html").read_text()
+    servers = [s.name for s in project.cloud.connect().compute.servers() if s.name.startswith(f"{stack}-")]
+    assert sorted(servers) == [f"{stack}-k3s-{i}" for i in range(3)], servers
 
 
 def _touched(events: list[dict], prefix: str = "") -> dict[str, str]:
