@@ -142,8 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return missing
     if args.command in ("join", "preview", "remove", "orphans"):
         # The CLI's own words for a stack file that is no mapping do not name the file (v3.259: "getting stack
-        # configuration: expected project to be an object"); ours do, before any engine starts.
-        unreadable = stack_file_errors([*(chosen or known), *([args.seed] if args.command == "join" else [])])
+        # configuration: expected project to be an object"); ours do, before any engine starts. A join leaves
+        # out a member whose file is broken, as one that fails preflight; it needs its seed's.
+        checked = [args.seed] if args.command == "join" else (chosen or known)
+        unreadable = list(stack_file_errors(checked).values())
         if unreadable:
             return fail("; ".join(unreadable))
     default_backend()
@@ -166,6 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "join":
         members = [s for s in (args.stacks or known) if s != args.seed]
         run = Run(members, "up", run_dir(args.runs_dir, "join"))
+        for name, error in stack_file_errors(members).items():
+            run.skip(name, error)
+            members.remove(name)
         if not args.skip_preflight:
             members = checked_members(run, members, _my_address(args), console, environments, args.passphrases)
         for name in [m for m in members if m not in environments]:
@@ -205,14 +210,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return status_command(args, console, environments.get(args.seed, {}))
 
 
-def stack_file_errors(stacks: Sequence[str]) -> list[str]:
-    """What the CLI would refuse in each stack's file, in words naming the file or the key."""
-    errors = []
+def stack_file_errors(stacks: Sequence[str]) -> dict[str, str]:
+    """What the CLI would refuse in each stack's file, in words naming the file or the key, by stack."""
+    errors = {}
     for name in dict.fromkeys(stacks):
         try:
             stack_config.resolve(name)
         except stack_config.StackConfigError as error:
-            errors.append(str(error))
+            errors[name] = str(error)
     return errors
 
 

@@ -483,3 +483,26 @@ def test_join_leaves_out_a_member_without_a_secrets_provider_of_its_own_and_need
     progress = started["run"].progress
     assert progress["otc"].status == "waiting"
     assert progress["zte"].status == "failed" and f"zte ({tmp_path}/zte.passphrase)" in progress["zte"].error
+
+
+def test_join_leaves_out_a_member_whose_stack_file_the_cli_would_refuse(tmp_path, monkeypatch):
+    from federation import __main__ as tool, stack_config
+
+    monkeypatch.setattr(tool, "require_pulumi_cli", lambda: None)
+    started = {}
+    monkeypatch.setattr(tool, "orchestrate", lambda run, work, dashboard, console: started.update(run=run) or 0)
+    resolve = stack_config.resolve
+
+    def broken_zte(stack, root=stack_config.ROOT):
+        if stack == "zte":
+            raise stack_config.StackConfigError("Pulumi.zte.yaml: expected a mapping whose config: is a mapping")
+        return resolve(stack, root)
+
+    monkeypatch.setattr(stack_config, "resolve", broken_zte)
+    for stack in ("seed", "otc"):
+        (tmp_path / f"{stack}.passphrase").write_text(f"{stack}'s own")
+    assert tool.main(["join", "otc", "zte", "--skip-preflight", "--no-dashboard", "--passphrases", str(tmp_path),
+                      "--runs-dir", str(tmp_path / "runs")]) == 0
+    progress = started["run"].progress
+    assert progress["otc"].status == "waiting"
+    assert progress["zte"].status == "failed" and progress["zte"].error.startswith("Pulumi.zte.yaml: expected")
