@@ -205,8 +205,9 @@ def warn_if_readable(value: Any, owner: str, output: str) -> None:
     if value is not None:
         pulumi.log.warn(
             f"this stack ({pulumi.get_stack()}) can read the secret output {output!r} of {owner}: both stacks use "
-            "one secrets provider, so this stack's state keeps it decrypted. Give each stack a secrets provider of its own (README: Secrets "
-            "apart), or set crdb-federation:sharedSecrets true for a federation one operator runs alone.")
+            "one secrets provider, so this stack's state keeps it decrypted. Give each stack a secrets provider of "
+            "its own (README: Secrets apart), or set crdb-federation:sharedSecrets true for a federation one "
+            "operator runs alone.")
 
 
 def _ip_sans(extensions: Any) -> list[str]:

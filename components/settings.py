@@ -458,7 +458,7 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network:
     r.matching("k3sVersion", version, _K3S_VERSION, "a pinned k3s release such as v1.35.5+k3s1")
     script_url = r.string("k3sInstallScriptUrl", DEFAULT_K3S_INSTALL_SCRIPT_URL)
     script_sha256 = r.string("k3sInstallScriptSha256", DEFAULT_K3S_INSTALL_SCRIPT_SHA256)
-    r.matching("k3sInstallScriptSha256", script_sha256, re.compile(r"^[0-9a-f]{64}$"),
+    r.matching("k3sInstallScriptSha256", script_sha256, _SHA256,
                "the sha256 of the script at k3sInstallScriptUrl, 64 lower-case hex digits (sha256sum install.sh)")
     releases_url = r.string("k3sReleasesUrl", DEFAULT_K3S_RELEASES_URL)
     proxy = r.string("httpProxy")

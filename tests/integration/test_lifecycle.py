@@ -255,6 +255,19 @@ def test_a_member_whose_secrets_provider_decrypts_the_seeds_secrets_fails_prefli
     assert check["status"] == "pass", check
 
 
+def _explicit_member(project, stack: str, node_count: int, seed: dict) -> None:
+    """A member that takes the seed's public outputs (`seed`) from its own config (no StackReference, no
+    signing)."""
+    project.select(stack)
+    project.run("config", "rm", "crdb-federation:seedStack", stack=stack)
+    project.run("config", "set", "crdb-federation:nodeCount", str(node_count), stack=stack)
+    project.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
+    for index, address in enumerate(seed["federationJoin"]):
+        project.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
+    for key in ("caCertificate", "clientCaCertificate"):
+        project.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
+
+
 def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federation, project, standin):
     """A member whose state lives apart from the seed's (its operator's own bucket, say): it reads nothing of
     the seed's state, and takes the seed's public outputs from its own config."""
@@ -265,14 +278,7 @@ def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federati
     alone = Project(project.directory, apart, project.cloud, project.pulumi)
     stack = "suse"  # a managed network, as canonical's
     seed = _outputs(project, SEED)
-    alone.select(stack)
-    alone.run("config", "rm", "crdb-federation:seedStack", stack=stack)
-    alone.run("config", "set", "crdb-federation:nodeCount", "1", stack=stack)
-    alone.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
-    for index, address in enumerate(seed["federationJoin"]):
-        alone.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
-    for key in ("caCertificate", "clientCaCertificate"):
-        alone.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
+    _explicit_member(alone, stack, 1, seed)
     try:
         events, output = alone.events("up", stack, "--yes", "--skip-preview", check=True)
         outputs = json.loads(alone.run("stack", "output", "--json", stack=stack).stdout)
@@ -284,19 +290,6 @@ def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federati
         assert standin.report(stack).get("api"), standin.report(stack)
     finally:
         alone.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, env=FORCED)
-
-
-def _explicit_member(project, stack: str, node_count: int) -> None:
-    """A member that takes the seed's public outputs from its own config (no StackReference, no signing)."""
-    seed = _outputs(project, SEED)
-    project.select(stack)
-    project.run("config", "rm", "crdb-federation:seedStack", stack=stack)
-    project.run("config", "set", "crdb-federation:nodeCount", str(node_count), stack=stack)
-    project.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
-    for index, address in enumerate(seed["federationJoin"]):
-        project.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
-    for key in ("caCertificate", "clientCaCertificate"):
-        project.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
 
 
 def _in_cloud(cloud, stack: str) -> dict[str, list[str]]:
@@ -319,7 +312,7 @@ def test_an_up_killed_while_servers_are_created_is_reconciled_by_the_next_join(f
     import signal
 
     stack = "easystack"
-    _explicit_member(project, stack, node_count=2)
+    _explicit_member(project, stack, 2, _outputs(project, SEED))
     cloud = project.cloud.connect()
     engine = subprocess.Popen([project.pulumi, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
                               cwd=project.directory, env=project.env(stack), stdout=subprocess.DEVNULL,

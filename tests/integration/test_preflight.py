@@ -3,34 +3,18 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from tests.integration.test_lifecycle import API_READY_TIMEOUT, FORCED, LICENCE
+from tests.test_trust import another_ca
 
 MY_ADDRESS = "198.18.0.10"  # what preflight is told this machine's public address is
 ADMIN_RANGE = "198.18.0.0/15"  # benchmarking range: not a documentation range
 PREFIX = "crdb-federation:"
 OTHER_PROJECT = "0123456789abcdef0123456789abcdef"
-
-
-def _federation_ca(common_name: str = "integration federation CA") -> str:
-    """A CA certificate for a member that joins through explicit config rather than a seed's outputs."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _edit(project, stack: str, **values) -> None:
@@ -146,7 +130,7 @@ def test_join_refuses_a_cloud_that_fails_preflight_while_another_carries_on(proj
           joinAddresses=["198.19.0.200:26257"], apiReadyTimeout=API_READY_TIMEOUT)
     project.select("zte")
     for key in ("caCertificate", "clientCaCertificate"):
-        project.run("config", "set", f"crdb-federation:{key}", stack="zte", stdin=_federation_ca())
+        project.run("config", "set", f"crdb-federation:{key}", stack="zte", stdin=another_ca("integration federation CA")[0])
     runs = project.directory / "runs-preflight"
     try:
         done = project.tool("join", "otc", "zte", "--no-dashboard", "--my-address", MY_ADDRESS, "--runs-dir", str(runs))
