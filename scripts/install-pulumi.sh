@@ -33,7 +33,9 @@ done_() {
   exit 0
 }
 
-if [ -x "$bin/pulumi" ] && "$bin/pulumi" version 2>/dev/null | grep -qx "v$PULUMI_VERSION"; then
+# grep reads the whole answer (no -q): under pipefail, a grep that quits at the first match can kill the
+# writer of a second line with SIGPIPE, and a good cache would be rebuilt.
+if [ -x "$bin/pulumi" ] && "$bin/pulumi" version 2>/dev/null | grep -x "v$PULUMI_VERSION" >/dev/null; then
   done_
 fi
 
