@@ -386,7 +386,7 @@ initialise_databases() {
   "$BIN/placement-manage" --config-file "$ETC/placement/placement.conf" db sync
   "$BIN/nova-manage" "${nova[@]}" api_db sync
   "$BIN/nova-manage" "${nova[@]}" cell_v2 map_cell0 --database_connection "$DB/nova_cell0"
-  "$BIN/nova-manage" "${nova[@]}" cell_v2 list_cells | grep -q ' cell1 ' ||
+  "$BIN/nova-manage" "${nova[@]}" cell_v2 list_cells | grep ' cell1 ' >/dev/null ||
     "$BIN/nova-manage" "${nova[@]}" cell_v2 create_cell --name cell1
   "$BIN/nova-manage" "${nova[@]}" db sync
   "$BIN/neutron-db-manage" --config-file "$ETC/neutron/neutron.conf" \
@@ -556,6 +556,36 @@ stop() {
   say "stopped"
 }
 
+# One API's outage and its return, for the tests of a cloud that drops out mid-run.
+api_port() { # name
+  local entry name port
+  for entry in "${APIS[@]}"; do
+    read -r name port _ <<<"$entry"
+    [ "$name" = "$NAME" ] && { echo "$port"; return 0; }
+  done
+  die "no API named '$NAME' (one of: keystone placement nova neutron glance cinder)"
+}
+
+stop_api() { # name
+  local NAME=$1 pid
+  api_port >/dev/null
+  running "$NAME" || return 0
+  pid=$(cat "$PIDS/$NAME.pid")
+  kill -TERM "$pid" 2>/dev/null || true  # die-on-term: the master takes its workers with it
+  for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$PIDS/$NAME.pid"
+  say "$NAME stopped"
+}
+
+resume_api() { # name
+  local NAME=$1 port
+  port=$(api_port)
+  start_api "$NAME"
+  wait_for "$NAME" 120 http_ok "http://127.0.0.1:$port/"
+  say "$NAME answers again"
+}
+
 status() {
   local name rc=0
   for name in "${SERVICES[@]}"; do
@@ -569,7 +599,9 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
+  stop-api) stop_api "${2:?usage: $0 stop-api <api>}" ;;
+  start-api) resume_api "${2:?usage: $0 start-api <api>}" ;;
   clean) stop; rm -rf "$DATA" "$ETC" "$LOGS" "$PIDS" "$BASE/clouds.yaml" ;;
   env) echo "export OS_CLIENT_CONFIG_FILE=$BASE/clouds.yaml OS_CLOUD=localcloud" ;;
-  *) echo "usage: $0 install|start|stop|status|clean|env" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status|clean|env|stop-api <api>|start-api <api>" >&2; exit 2 ;;
 esac
