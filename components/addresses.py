@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_openstack as openstack
 
-from .network import Network
+from .network import Network, owned_by
 from .settings import NetworkSettings
 
 
@@ -72,7 +72,7 @@ class NodeAddresses(pulumi.ComponentResource):
                 floating = openstack.networking.FloatingIp(
                     f"{node_name}-fip",
                     pool=settings.external_network,
-                    description=f"crdb-federation {node_name}",
+                    description=owned_by(node_name),
                     opts=child,
                 )
                 # Associated with the port, not the server: a destroyed stack leaves no floating IP behind

@@ -10,6 +10,12 @@ import pulumi_openstack as openstack
 
 from .settings import NetworkSettings
 
+def owned_by(name: str) -> str:
+    """The description that marks a cloud resource as the program's (federation/recovery.py finds orphans by it:
+    Neutron's names are neither unique nor the program's alone)."""
+    return f"crdb-federation {name}"
+
+
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
@@ -34,11 +40,13 @@ class Network(pulumi.ComponentResource):
                 name=settings.external_network, external=True, opts=pulumi.InvokeOptions(parent=self)
             )
             network = openstack.networking.Network(
-                f"{name}-net", name=f"{name}-net", admin_state_up=True, mtu=settings.mtu, opts=child
+                f"{name}-net", name=f"{name}-net", description=owned_by(f"{name}-net"), admin_state_up=True,
+                mtu=settings.mtu, opts=child
             )
             subnet = openstack.networking.Subnet(
                 f"{name}-subnet",
                 name=f"{name}-subnet",
+                description=owned_by(f"{name}-subnet"),
                 network_id=network.id,
                 cidr=settings.cidr,
                 ip_version=4,
@@ -47,7 +55,8 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             router = openstack.networking.Router(
-                f"{name}-router", name=f"{name}-router", external_network_id=external.id, opts=child
+                f"{name}-router", name=f"{name}-router", description=owned_by(f"{name}-router"),
+                external_network_id=external.id, opts=child
             )
             self.gateway = openstack.networking.RouterInterface(
                 f"{name}-router-if", router_id=router.id, subnet_id=subnet.id, opts=child

@@ -350,23 +350,7 @@ class CloudChecks:
         server, agent = flavors.get(s.server_flavor), flavors.get(s.agent_flavor)
         if server is None or agent is None:
             return [self.finding("Quotas", SKIP, "serverFlavor", "a flavor is missing, so its needs are unknown")]
-        project = self.cloud.current_project_id
-        limits = self.cloud.compute.get_limits().absolute
-        quotas = {
-            "instances": (limits.instances, limits.instances_used),
-            "cores": (limits.total_cores, limits.total_cores_used),
-            "ram": (limits.total_ram, limits.total_ram_used),
-            "server_groups": (limits.server_groups, limits.server_groups_used),
-            "server_group_members": (limits.server_group_members, 0),
-        }
-        volume = self.cloud.block_storage.get_quota_set(project, usage=True)
-        for resource in ("volumes", "gigabytes"):
-            quotas[resource] = (getattr(volume, resource), (volume.usage or {}).get(resource, 0))
-        network = self.cloud.network.get_quota(project, details=True)
-        for resource in ("ports", "floatingip", "network", "subnet", "router", "security_group", "security_group_rule"):
-            detail = getattr(network, _NETWORK_QUOTA_FIELDS[resource])
-            quotas[resource] = (detail["limit"], detail["used"] + detail.get("reserved", 0))
-        return quota_findings(self.stack, needs(self.settings, server, agent), quotas)
+        return quota_findings(self.stack, needs(self.settings, server, agent), quota_usage(self.cloud))
 
     def external_network(self) -> list[Finding]:
         n = self.settings.network
@@ -422,6 +406,27 @@ class CloudChecks:
                                  "use floating addressing with externalNetwork, or a provider network with public addresses")], network.mtu
         return [self.finding("Existing network", PASS, "existingNetwork",
                              f"'{network.name}' ({'shared' if network.is_shared else 'own'}): {', '.join(cidrs)}")], network.mtu
+
+
+def quota_usage(cloud: Any) -> dict[str, tuple[int, int]]:
+    """Each quota of the connection's project that a stack draws on: resource -> (limit, in use)."""
+    project = cloud.current_project_id
+    limits = cloud.compute.get_limits().absolute
+    quotas = {
+        "instances": (limits.instances, limits.instances_used),
+        "cores": (limits.total_cores, limits.total_cores_used),
+        "ram": (limits.total_ram, limits.total_ram_used),
+        "server_groups": (limits.server_groups, limits.server_groups_used),
+        "server_group_members": (limits.server_group_members, 0),
+    }
+    volume = cloud.block_storage.get_quota_set(project, usage=True)
+    for resource in ("volumes", "gigabytes"):
+        quotas[resource] = (getattr(volume, resource), (volume.usage or {}).get(resource, 0))
+    network = cloud.network.get_quota(project, details=True)
+    for resource in ("ports", "floatingip", "network", "subnet", "router", "security_group", "security_group_rule"):
+        detail = getattr(network, _NETWORK_QUOTA_FIELDS[resource])
+        quotas[resource] = (detail["limit"], detail["used"] + detail.get("reserved", 0))
+    return quotas
 
 
 _NETWORK_QUOTA_FIELDS = {"ports": "ports", "floatingip": "floating_ips", "network": "networks", "subnet": "subnets",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .faults import CloudFault
+
 # "signing": built, its CockroachDB nodes waiting for the seed to sign their certificates.
 PHASES = ("network", "servers", "kubernetes", "cockroachdb", "signing", "joined")
 # What each operation's last phase is called: only an `up` joins anything.
@@ -111,6 +113,8 @@ class CloudProgress:
             self.status = "succeeded"
             if self.phase != "signing":
                 self._reach(FINAL_PHASE[self.operation], now)
+        elif isinstance(error, CloudFault):
+            self.status, self.error = "failed", str(error)
         elif any(marker in str(error) for marker in LOCKED):
             self.status, self.error = "refused", lock_holders(str(error))
         else:

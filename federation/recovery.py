@@ -84,6 +84,7 @@ class Orphan:
     name: str
     detail: str
     kept: str = ""  # why it is not deleted, if it is not
+    within: str = ""  # the ID of what it is removed from (a router interface's router)
 
     def line(self) -> str:
         return f"{self.kind} {self.name or '(no name)'} {self.id} ({self.detail})" + (
@@ -97,7 +98,7 @@ def _names(member: str) -> re.Pattern:
     return re.compile(rf"^{re.escape(member)}-(k3s-\d+(-data|-port)?|[a-z]+)$")
 
 
-def _mine(member: str, name: Optional[str], metadata: Optional[dict] = None, description: str = "") -> bool:
+def mine(member: str, name: Optional[str], metadata: Optional[dict] = None, description: str = "") -> bool:
     """Named as the program names the member's resources, tagged with the member, or described so."""
     names = _names(member)
     return bool(name and names.match(name)) or (metadata or {}).get(MEMBER_TAG) == member or bool(
@@ -108,36 +109,53 @@ def find_orphans(cloud: Any, member: str, known: set[str]) -> list[Orphan]:
     """The member's resources in the cloud (openstacksdk connection) whose IDs the state does not hold."""
     found: list[Orphan] = []
     for server in cloud.compute.servers():
-        if _mine(member, server.name, server.metadata) and server.id not in known:
+        if mine(member, server.name, server.metadata) and server.id not in known:
             found.append(Orphan("server", server.id, server.name, server.status))
     for volume in cloud.block_storage.volumes():
-        if _mine(member, volume.name, volume.metadata) and volume.id not in known:
+        if mine(member, volume.name, volume.metadata) and volume.id not in known:
             kept = "attached" if volume.attachments else (
                 "" if volume.status in ("available", "error", *_VOLUME_BUSY) else f"status {volume.status}")
             found.append(Orphan("volume", volume.id, volume.name, volume.status, kept))
     for ip in cloud.network.ips():
-        if _mine(member, None, description=ip.description or "") and ip.id not in known:
+        if mine(member, None, description=ip.description or "") and ip.id not in known:
             kept = f"associated with port {ip.port_id}" if ip.port_id else ""
             found.append(Orphan("floating IP", ip.id, ip.floating_ip_address, ip.description or "", kept))
     for port in cloud.network.ports():
-        if _mine(member, port.name) and port.id not in known:
+        if mine(member, port.name) and port.id not in known:
             kept = f"bound to {port.device_owner}" if port.device_id and port.device_owner.startswith(
                 "compute:") and port.device_id in known else ""
             found.append(Orphan("port", port.id, port.name, port.status, kept))
+    # Networks, subnets and routers by their description (components/network.py owned_by): their names are the
+    # operator's too in networkMode existing. A router's interface is a port with no name: one of the member's
+    # routers' that the state does not hold (a lost answer to an add, which Neutron refuses to make twice).
+    routers = {r.id: r for r in cloud.network.routers() if mine(member, None, description=r.description or "")}
+    for port in cloud.network.ports(device_owner="network:router_interface"):
+        if port.device_id in routers and port.id not in known:
+            subnets = ",".join(ip.get("subnet_id", "") for ip in port.fixed_ips or [])
+            found.append(Orphan("router interface", port.id, routers[port.device_id].name, f"subnet {subnets}",
+                                within=port.device_id))
+    found += [Orphan("router", r.id, r.name, r.status or "") for r in routers.values() if r.id not in known]
+    for subnet in cloud.network.subnets():
+        if mine(member, None, description=subnet.description or "") and subnet.id not in known:
+            found.append(Orphan("subnet", subnet.id, subnet.name, subnet.cidr or ""))
+    for network in cloud.network.networks():
+        if mine(member, None, description=network.description or "") and network.id not in known:
+            found.append(Orphan("network", network.id, network.name, network.status or ""))
     for group in cloud.network.security_groups():
-        if _mine(member, group.name) and group.id not in known:
+        if mine(member, group.name) and group.id not in known:
             found.append(Orphan("security group", group.id, group.name, group.description or ""))
     for keypair in cloud.compute.keypairs():  # a second create of one fails outright: Nova's names are unique
-        if _mine(member, keypair.name) and keypair.name not in known:
+        if mine(member, keypair.name) and keypair.name not in known:
             found.append(Orphan("key pair", keypair.name, keypair.name, keypair.fingerprint or ""))
     for group in cloud.compute.server_groups():
-        if _mine(member, group.name) and group.id not in known:
+        if mine(member, group.name) and group.id not in known:
             found.append(Orphan("server group", group.id, group.name, ",".join(group.policies or [])))
     return found
 
 
 _VOLUME_BUSY = ("creating", "downloading")
-_DELETE_ORDER = ("floating IP", "server", "port", "volume", "server group", "key pair", "security group")
+_DELETE_ORDER = ("floating IP", "server", "router interface", "port", "router", "subnet", "network", "volume",
+                 "server group", "key pair", "security group")
 
 
 def delete_orphans(cloud: Any, orphans: Iterable[Orphan], on_output: Callable[[str], None],
@@ -155,6 +173,14 @@ def delete_orphans(cloud: Any, orphans: Iterable[Orphan], on_output: Callable[[s
             server = cloud.compute.find_server(orphan.id, ignore_missing=True)
             if server is not None:
                 cloud.compute.wait_for_delete(server, wait=wait)
+        elif orphan.kind == "router interface":
+            cloud.network.remove_interface_from_router(orphan.within, port_id=orphan.id)
+        elif orphan.kind == "router":
+            cloud.network.delete_router(orphan.id, ignore_missing=True)
+        elif orphan.kind == "subnet":
+            cloud.network.delete_subnet(orphan.id, ignore_missing=True)
+        elif orphan.kind == "network":
+            cloud.network.delete_network(orphan.id, ignore_missing=True)
         elif orphan.kind == "port":
             cloud.network.delete_port(orphan.id, ignore_missing=True)
         elif orphan.kind == "volume":

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from . import recovery
+from . import faults, recovery
 from .progress import CloudProgress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,15 +79,50 @@ class PulumiStack:
                 self._heal(broken, on_output)
         method = getattr(self._stack, operation)
         try:
-            method(on_event=on_event, on_output=on_output, color="never", **extra)
+            try:
+                method(on_event=on_event, on_output=on_output, color="never", **extra)
+            except Exception as error:
+                if operation not in ("up", "destroy") or SERVER_IN_ERROR_NOT_DELETED not in str(error):
+                    raise
+                # The provider waits for a deleted server to leave ACTIVE or SHUTOFF only; one in ERROR fails
+                # that wait at once although Nova goes on deleting it. The next attempt finds it gone.
+                on_output(f"a server in ERROR was still being deleted; retrying in {self.retry_delay:.0f}s")
+                time.sleep(self.retry_delay)
+                method(on_event=on_event, on_output=on_output, color="never", **extra)
         except Exception as error:
-            if operation not in ("up", "destroy") or SERVER_IN_ERROR_NOT_DELETED not in str(error):
+            explanation = self._explain(str(error))
+            if explanation is None:
                 raise
-            # The provider waits for a deleted server to leave ACTIVE or SHUTOFF only; one in ERROR fails
-            # that wait at once although Nova goes on deleting it. The next attempt finds it gone.
-            on_output(f"a server in ERROR was still being deleted; retrying in {self.retry_delay:.0f}s")
-            time.sleep(self.retry_delay)
-            method(on_event=on_event, on_output=on_output, color="never", **extra)
+            on_output(explanation)
+            raise faults.CloudFault(explanation) from error
+
+    def _explain(self, text: str) -> Optional[str]:
+        """The operator's words for a cloud that ran out of quota or stopped answering (federation/faults.py);
+        None for anything else. Reading the cloud to say more must never hide the run's own error."""
+        from . import preflight
+
+        missing = faults.missing_stack_message(self.name, text)
+        if missing:
+            return missing
+        resources = faults.quotas_exceeded(text)
+        outage = faults.api_outage(text)
+        if not resources and outage is None:
+            return None
+        try:
+            cloud, _ = self._cloud()
+        except Exception:
+            cloud = None
+        if resources:
+            try:
+                settings = preflight.stack_settings(self.name, self.work_dir)
+                return faults.quota_message(self.name, *faults.quota_headrooms(cloud, settings, resources))
+            except Exception:
+                return faults.quota_message(self.name, [], resources)
+        try:
+            catalog = cloud.session.auth.get_access(cloud.session).service_catalog.catalog
+        except Exception:  # Keystone itself may be the one gone
+            catalog = []
+        return faults.outage_message(self.name, outage, faults.service_of(outage.url, catalog))
 
     def _unlocked(self, work: Callable[[], None], on_output: Callable[[str], None]) -> None:
         """Runs `work`; if a lock refuses it and every holder is a process of this machine that no longer
@@ -111,18 +146,31 @@ class PulumiStack:
         so the run that follows makes each resource once."""
         deployment = self._stack.export_stack().deployment
         pending = recovery.pending_operations(deployment)
-        if not pending:
+        if pending:
+            # The refresh takes the stack's lock: nothing is deleted while another run may hold it.
+            self._stack.refresh(clear_pending_creates=True, on_output=on_output, color="never")
+            on_output(f"the last run of {self.name} was interrupted: {len(pending)} pending operation(s) "
+                      f"({recovery.describe_pending(pending)}), cleared by a refresh; deleting what they left in "
+                      "the cloud")
+        elif not self._last_run_failed():
             return
-        # The refresh takes the stack's lock: nothing is deleted while another run may hold it.
-        self._stack.refresh(clear_pending_creates=True, on_output=on_output, color="never")
-        on_output(f"the last run of {self.name} was interrupted: {len(pending)} pending operation(s) "
-                  f"({recovery.describe_pending(pending)}), cleared by a refresh; deleting what they left in the "
-                  "cloud")
+        # A failed run leaves no pending operation, but a create whose answer the cloud lost (an API that went
+        # away mid-request) made something all the same.
         cloud, orphans = self.orphans()
+        if orphans and not pending:
+            on_output(f"the last run of {self.name} failed and left {len(orphans)} resource(s) its state does not "
+                      "hold; deleting them")
         recovery.delete_orphans(cloud, orphans, on_output)
         for orphan in orphans:
             if orphan.kept:
                 on_output(f"not deleted: {orphan.line()}; see python -m federation orphans {self.name}")
+
+    def _last_run_failed(self) -> bool:
+        try:
+            history = self._stack.history(page_size=1)
+        except Exception:  # a new stack has no history to read
+            return False
+        return bool(history) and history[0].result == "failed"
 
     def orphans(self) -> tuple[Any, list[recovery.Orphan]]:
         """The stack's cloud, and the member's resources in it that the state does not hold."""
@@ -214,9 +262,14 @@ def attachments_of(deployment: dict[str, Any], servers: Sequence[str]) -> list[s
 
 
 def servers_in_error(deployment: dict[str, Any]) -> list[str]:
-    """Servers whose create failed (`initErrors`) or whose last read found them in ERROR (pure)."""
-    return [r["urn"] for r in _servers(deployment)
-            if r.get("initErrors") or (r.get("outputs") or {}).get("powerState") == "error"]
+    """Servers whose last read found them in ERROR, or whose create failed and which that read did not find
+    running (pure). A create whose wait an API outage cut short left a server that runs: it is kept, with its ID,
+    and the next `up` only clears its init errors."""
+    def broken(resource: dict[str, Any]) -> bool:
+        state = (resource.get("outputs") or {}).get("powerState")
+        return state == "error" or bool(resource.get("initErrors")) and state not in ("active", "shutoff")
+
+    return [r["urn"] for r in _servers(deployment) if broken(r)]
 
 
 def default_backend() -> None:
@@ -265,7 +318,8 @@ class Run:
                 error: Optional[BaseException] = None
             except Exception as caught:  # one cloud's failure must not stop the others
                 error = caught
-                log.write("".join(traceback.format_exception(caught)))
+                if not isinstance(caught, faults.CloudFault):  # a fault's message is in the log already
+                    log.write("".join(traceback.format_exception(caught)))
             with self.lock:
                 progress.finish(self.now(), error)
         return progress

@@ -330,10 +330,13 @@ def test_servers_in_error_are_those_whose_create_failed_or_that_read_back_as_err
         _resource("k3s-0", outputs={"powerState": "active"}),
         _resource("k3s-1", initErrors=["Error waiting for instance (x) to become ready"]),
         _resource("k3s-2", outputs={"powerState": "error"}),
+        # Nova stopped answering while the provider waited: the server runs, and keeps its ID.
+        _resource("k3s-3", initErrors=["Error waiting for instance (x) to become ready"],
+                  outputs={"powerState": "active"}),
         _resource("port", kind="openstack:networking/port:Port", outputs={"powerState": "error"}),
     ]}
     assert [u.rsplit("::", 1)[1] for u in servers_in_error(deployment)] == ["k3s-1", "k3s-2"]
-    assert len(server_urns(deployment)) == 3
+    assert len(server_urns(deployment)) == 4
 
 
 def test_up_heals_a_server_in_error_by_deleting_it_in_the_cloud_and_forgetting_it_and_its_attachment():

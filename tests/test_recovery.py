@@ -30,7 +30,8 @@ class FakeCloud:
 
     def __init__(self, **resources):
         self.resources = {kind: list(resources.get(kind, [])) for kind in (
-            "servers", "volumes", "ips", "ports", "security_groups", "server_groups", "keypairs")}
+            "servers", "volumes", "ips", "ports", "security_groups", "server_groups", "keypairs", "routers", "subnets",
+            "networks")}
         self.deleted: list[str] = []
         self.compute = SimpleNamespace(
             servers=lambda: self.resources["servers"], server_groups=lambda: self.resources["server_groups"],
@@ -39,9 +40,14 @@ class FakeCloud:
             find_server=lambda id, ignore_missing: None, delete_server_group=self._delete)
         self.block_storage = SimpleNamespace(volumes=lambda: self.resources["volumes"], delete_volume=self._delete)
         self.network = SimpleNamespace(
-            ips=lambda: self.resources["ips"], ports=lambda: self.resources["ports"],
-            security_groups=lambda: self.resources["security_groups"], delete_ip=self._delete,
-            delete_port=self._delete, delete_security_group=self._delete)
+            ips=lambda: self.resources["ips"], security_groups=lambda: self.resources["security_groups"],
+            ports=lambda device_owner=None: [p for p in self.resources["ports"]
+                                             if device_owner in (None, p.device_owner)],
+            routers=lambda: self.resources["routers"], subnets=lambda: self.resources["subnets"],
+            networks=lambda: self.resources["networks"], delete_ip=self._delete, delete_port=self._delete,
+            delete_security_group=self._delete, delete_router=self._delete, delete_subnet=self._delete,
+            delete_network=self._delete,
+            remove_interface_from_router=lambda router, port_id: self.deleted.append(f"{router}/{port_id}"))
 
     def _delete(self, id, ignore_missing):
         self.deleted.append(id)
@@ -77,6 +83,31 @@ def test_orphans_are_the_members_resources_the_state_does_not_hold_and_what_hold
     assert cloud.deleted == ["f-orphan", "s-orphan", "s-tagged", "p-orphan", "v-orphan", "otc-ssh"]
     assert len(deleted) == 6 and said[0] == "deleting an orphan floating IP 198.18.0.9 f-orphan (crdb-federation " \
                                             "otc-k3s-1)"
+
+
+def _owned(id, name, **fields):
+    return SimpleNamespace(id=id, name=name, description=f"crdb-federation {name}", status="ACTIVE", **fields)
+
+
+def test_a_network_subnet_router_and_interface_the_state_lacks_are_orphans_and_an_operators_namesake_is_not():
+    """Neutron's names are not unique and, in networkMode existing, the operator's own network may be called
+    `<member>-net`: only the program's description marks them. A router interface the state lacks (the answer to
+    its add was lost) is removed first, since Neutron refuses a second one on the subnet."""
+    interface = SimpleNamespace(id="p-if", name="", status="ACTIVE", device_id="r-known",
+                                device_owner="network:router_interface", fixed_ips=[{"subnet_id": "sn-known"}])
+    known_if = SimpleNamespace(id="p-if-known", name="", status="ACTIVE", device_id="r-known",
+                               device_owner="network:router_interface", fixed_ips=[{"subnet_id": "sn-other"}])
+    cloud = FakeCloud(
+        routers=[_owned("r-known", "otc-router"), _owned("r-orphan", "otc-router")],
+        subnets=[_owned("sn-orphan", "otc-subnet", cidr="10.20.0.0/24")],
+        networks=[_owned("n-orphan", "otc-net"),
+                  SimpleNamespace(id="n-operators", name="otc-net", description="", status="ACTIVE")],
+        ports=[interface, known_if])
+    orphans = recovery.find_orphans(cloud, "otc", known={"r-known", "sn-known", "p-if-known"})
+    assert [(o.kind, o.id) for o in orphans] == [
+        ("router interface", "p-if"), ("router", "r-orphan"), ("subnet", "sn-orphan"), ("network", "n-orphan")]
+    recovery.delete_orphans(cloud, orphans, lambda line: None)
+    assert cloud.deleted == ["r-known/p-if", "r-orphan", "sn-orphan", "n-orphan"]
 
 
 class _Interrupted:
@@ -154,3 +185,36 @@ def test_the_orphans_command_lists_read_only_and_deletes_only_when_asked(monkeyp
     assert "server otc-k3s-1 s-orphan (BUILD)" in listed and "kept, attached" in listed
     assert tool.main([*arguments, "--delete"]) == 1  # the attached volume stays
     assert cloud.deleted == ["s-orphan"] and "deleted 1 of 2 orphan(s)" in capsys.readouterr().out
+
+
+class _Failed(_Interrupted):
+    """The last run failed (an API went away mid-request): no pending operation, and its history says so."""
+
+    def __init__(self, result: str):
+        super().__init__(locked=False)
+        self.result = result
+
+    def export_stack(self):
+        return SimpleNamespace(deployment={"resources": [], "pending_operations": []})
+
+    def history(self, page_size):
+        return [SimpleNamespace(result=self.result)]
+
+
+@pytest.mark.parametrize("result", ["failed", "succeeded"])
+def test_after_a_failed_run_what_the_cloud_made_without_answering_is_deleted_and_after_a_good_one_nothing_is_looked_for(
+        result, monkeypatch):
+    cloud = FakeCloud(ports=[SimpleNamespace(id="p-lost", name="otc-k3s-1-port", status="DOWN", device_id="",
+                                             device_owner="")])
+    automation = _Failed(result)
+    stack = PulumiStack("otc", automation_stack=automation)
+    looked = []
+    monkeypatch.setattr(stack, "_cloud", lambda: looked.append(1) or (cloud, "otc"))
+    said = []
+    stack.run("up", lambda e: None, said.append)
+    assert [c[0] for c in automation.calls] == ["up"]  # no pending create, so no refresh
+    if result == "failed":
+        assert cloud.deleted == ["p-lost"]
+        assert said[0] == "the last run of otc failed and left 1 resource(s) its state does not hold; deleting them"
+    else:
+        assert not looked and not cloud.deleted

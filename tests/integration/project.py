@@ -125,12 +125,57 @@ class Project:
     def tool(self, *args: str, timeout: float = 1200, env: Optional[dict[str, str]] = None
              ) -> subprocess.CompletedProcess:
         """`python -m federation ...` inside the copy, on the same backend, each stack with its own passphrase."""
+        return subprocess.run(**self._tool_call(args, env), capture_output=True, text=True, timeout=timeout)
+
+    def start_tool(self, *args: str) -> subprocess.Popen:
+        """The tool started in the background (its output to a pipe, read with communicate())."""
+        return subprocess.Popen(**self._tool_call(args, None), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    def _tool_call(self, args: tuple[str, ...], env: Optional[dict[str, str]]) -> dict:
         if args and args[0] in TOOL_SECRETS_COMMANDS:
             args = (args[0], "--passphrases", str(self.passphrases), *args[1:])
-        return subprocess.run([str(ROOT / "venv" / "bin" / "python"), "-m", "federation", *args],
-                              cwd=self.directory, env={**self.env(), "PATH": f"{Path(self.pulumi).parent}:"
-                                                                            f"{os.environ['PATH']}", **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+        return {"args": [str(ROOT / "venv" / "bin" / "python"), "-m", "federation", *args], "cwd": self.directory,
+                "env": {**self.env(), "PATH": f"{Path(self.pulumi).parent}:{os.environ['PATH']}", **(env or {})}}
+
+
+# Long enough for the stand-in to start a control plane on a loaded 2-core machine.
+API_READY_TIMEOUT = 300
+
+
+def explicit_member(project: Project, stack: str, node_count: int, seed: dict) -> None:
+    """A member that takes the seed's public outputs (`seed`: federationJoin, caCertificate, clientCaCertificate)
+    from its own config (no StackReference, no signing)."""
+    project.select(stack)
+    project.run("config", "rm", "crdb-federation:seedStack", stack=stack)
+    project.run("config", "set", "crdb-federation:nodeCount", str(node_count), stack=stack)
+    project.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
+    for index, address in enumerate(seed["federationJoin"]):
+        project.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
+    for key in ("caCertificate", "clientCaCertificate"):
+        project.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
+
+
+def in_cloud(cloud, stack: str) -> dict[str, list[str]]:
+    """The stack's servers, data volumes, ports and floating IPs in the cloud, by name (IPs by description)."""
+    prefix = f"{stack}-"
+    return {
+        "servers": sorted(s.name for s in cloud.compute.servers() if s.name.startswith(prefix)),
+        "volumes": sorted(v.name for v in cloud.block_storage.volumes() if (v.name or "").startswith(prefix)),
+        "ports": sorted(p.name for p in cloud.network.ports() if p.name.startswith(prefix)),
+        "floating IPs": sorted(i.description for i in cloud.network.ips()
+                               if (i.description or "").startswith(f"crdb-federation {prefix}")),
+    }
+
+
+def whole(stack: str, node_count: int) -> dict[str, list[str]]:
+    """in_cloud() of a floating-address member with every node made once."""
+    nodes = [f"{stack}-k3s-{i}" for i in range(node_count)]
+    return {"servers": nodes, "volumes": [f"{n}-data" for n in nodes], "ports": [f"{n}-port" for n in nodes],
+            "floating IPs": [f"crdb-federation {n}" for n in nodes]}
+
+
+NOTHING = {"servers": [], "volumes": [], "ports": [], "floating IPs": []}
 
 
 def step_ops(events: list[dict], type_prefix: str = "") -> dict[str, str]:

@@ -21,7 +21,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.integration.project import passphrase, step_ops
+from tests.integration.project import API_READY_TIMEOUT, explicit_member, passphrase, step_ops
 from tests.test_trust import another_ca
 
 SEED = "seed"
@@ -29,7 +29,6 @@ SEED_STACK = "organization/crdb-federation/seed"
 # One member per way of reaching a cloud: managed network with floating IPs, an existing provider
 # network with public fixed addresses, and one behind an HTTP proxy.
 MEMBERS = ("canonical", "vexxhost", "zte")
-API_READY_TIMEOUT = 300
 NOVA_USER_DATA_LIMIT = 65535
 SENSITIVE_PORTS = ((22, 22, "tcp"), (6443, 6443, "tcp"), (8080, 8080, "tcp"), (10250, 10250, "tcp"),
                    (2379, 2380, "tcp"), (8472, 8472, "udp"))
@@ -255,19 +254,6 @@ def test_a_member_whose_secrets_provider_decrypts_the_seeds_secrets_fails_prefli
     assert check["status"] == "pass", check
 
 
-def _explicit_member(project, stack: str, node_count: int, seed: dict) -> None:
-    """A member that takes the seed's public outputs (`seed`) from its own config (no StackReference, no
-    signing)."""
-    project.select(stack)
-    project.run("config", "rm", "crdb-federation:seedStack", stack=stack)
-    project.run("config", "set", "crdb-federation:nodeCount", str(node_count), stack=stack)
-    project.run("config", "set", "crdb-federation:apiReadyTimeout", str(API_READY_TIMEOUT), stack=stack)
-    for index, address in enumerate(seed["federationJoin"]):
-        project.run("config", "set", "--path", f"crdb-federation:joinAddresses[{index}]", address, stack=stack)
-    for key in ("caCertificate", "clientCaCertificate"):
-        project.run("config", "set", f"crdb-federation:{key}", stack=stack, stdin=seed[key])
-
-
 def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federation, project, standin):
     """A member whose state lives apart from the seed's (its operator's own bucket, say): it reads nothing of
     the seed's state, and takes the seed's public outputs from its own config."""
@@ -278,7 +264,7 @@ def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federati
     alone = Project(project.directory, apart, project.cloud, project.pulumi)
     stack = "suse"  # a managed network, as canonical's
     seed = _outputs(project, SEED)
-    _explicit_member(alone, stack, 1, seed)
+    explicit_member(alone, stack, 1, seed)
     try:
         events, output = alone.events("up", stack, "--yes", "--skip-preview", check=True)
         outputs = json.loads(alone.run("stack", "output", "--json", stack=stack).stdout)
@@ -290,65 +276,6 @@ def test_a_member_in_a_backend_of_its_own_joins_through_explicit_config(federati
         assert standin.report(stack).get("api"), standin.report(stack)
     finally:
         alone.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, env=FORCED)
-
-
-def _in_cloud(cloud, stack: str) -> dict[str, list[str]]:
-    """The stack's servers, data volumes, ports and floating IPs in the cloud, by name (IPs by description)."""
-    prefix = f"{stack}-"
-    return {
-        "servers": sorted(s.name for s in cloud.compute.servers() if s.name.startswith(prefix)),
-        "volumes": sorted(v.name for v in cloud.block_storage.volumes() if (v.name or "").startswith(prefix)),
-        "ports": sorted(p.name for p in cloud.network.ports() if p.name.startswith(prefix)),
-        "floating IPs": sorted(i.description for i in cloud.network.ips()
-                               if (i.description or "").startswith(f"crdb-federation {prefix}")),
-    }
-
-
-def test_an_up_killed_while_servers_are_created_is_reconciled_by_the_next_join(federation, project, standin):
-    """SIGKILL the engine (CLI, language host, plugins) while servers and volumes are being created: its lock
-    and pending creates stay, and what the creates made is in the cloud but not in the state. The next
-    `join` releases the dead run's lock, clears the pending creates, deletes the orphans and converges."""
-    import os
-    import signal
-
-    stack = "easystack"
-    _explicit_member(project, stack, 2, _outputs(project, SEED))
-    cloud = project.cloud.connect()
-    engine = subprocess.Popen([project.pulumi, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
-                              cwd=project.directory, env=project.env(stack), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not _in_cloud(cloud, stack)["servers"] and engine.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    os.killpg(engine.pid, signal.SIGKILL)
-    engine.wait()
-    try:
-        before = _in_cloud(cloud, stack)
-        state = json.loads(project.run("stack", "export", stack=stack).stdout)["deployment"]
-        pending = [op["resource"]["urn"].rsplit("::", 1)[1] for op in state.get("pending_operations") or []]
-        print("killed mid-create; in the cloud:", before, "pending:", pending)
-        assert before["servers"] and pending, (before, pending)
-        runs = project.directory / "runs-interrupted"
-        joined = project.tool("join", stack, "--no-dashboard", "--skip-preflight", "--runs-dir", str(runs))
-        log = next(runs.glob(f"*-join/logs/{stack}.log")).read_text()
-        said = [line for line in log.splitlines() if any(w in line for w in ("lock was left", "interrupted", "orphan"))]
-        print("the next join said:", *said, sep="\n  ")
-        assert joined.returncode == 0, joined.stdout[-3000:] + log[-3000:]
-        assert any("lock was left by a run that is gone" in line for line in said), said
-        assert any("was interrupted" in line for line in said), said
-        after = _in_cloud(cloud, stack)
-        print("after the join:", after)
-        nodes = [f"{stack}-k3s-{i}" for i in range(2)]
-        assert after == {"servers": nodes, "volumes": [f"{n}-data" for n in nodes],
-                         "ports": [f"{n}-port" for n in nodes],
-                         "floating IPs": [f"crdb-federation {n}" for n in nodes]}, after
-        listed = project.tool("orphans", stack)
-        assert listed.returncode == 0 and "no orphans" in listed.stdout, listed.stdout + listed.stderr
-    finally:
-        project.run("cancel", "--yes", stack=stack, check=False)  # if the join never released the dead lock
-        project.run("destroy", "--yes", "--skip-preview", stack=stack, check=False, env=FORCED)
-        project.tool("orphans", stack, "--delete")
-    assert _in_cloud(cloud, stack) == {"servers": [], "volumes": [], "ports": [], "floating IPs": []}
 
 
 def test_the_unit_tiers_kubernetes_fakes_answer_as_the_real_api_does(federation, project, standin):
