@@ -11,11 +11,12 @@ import pulumi_kubernetes as k8s
 from . import cockroach_manifests as m
 from .cloudinit import no_proxy_list
 from .federation import (
-    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, covers, pinned_bundle, signed_for, spread_join,
-    stack_output, warn_if_readable,
+    FederationAuthority, MemberAdmissions, NodeIdentity, Trust, answers, covers, pinned_bundle, signed_for,
+    spread_join, stack_output, warn_if_readable,
 )
 from .kubernetes import KubeNode
 from .settings import COCKROACH_PORT, Settings
+from .signature import SignatureWait
 
 # The seed's own nodes join each other through at most this many private addresses.
 OWN_JOIN_COUNT = 3
@@ -40,7 +41,7 @@ class Seed:
         self.admissions = MemberAdmissions(
             f"{name}-admissions", seed_member=c.member, seed_ips=pulumi.Output.all(own_public, own_private).apply(
                 lambda v: v[0] + v[1]), seed_join=own_join, member_stacks=c.members, authority=self.authority,
-            allow_rekey=c.allow_rekey, shared_secrets=c.shared_secrets, opts=opts)
+            allow_rekey=c.allow_rekey, shared_secrets=c.shared_secrets, early_requests=c.early_requests, opts=opts)
         # Seed nodes find each other privately, and the members through their public addresses.
         join = pulumi.Output.all(own_private, self.admissions.federation_join, own_join).apply(lambda v: spread_join(
             [(c.member, [f"{ip}:{COCKROACH_PORT}" for ip in v[0][:OWN_JOIN_COUNT]])]
@@ -81,8 +82,16 @@ def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.Resour
         seed_member = output("member").apply(lambda name: _other_than(name, c.member))
         own = fully_qualified_stack()
         signed = pulumi.Output.all(output("signedCertificates"), seed_member).apply(lambda v: v[0].get(own) or {})
-        node = signed.apply(lambda s: s.get("node") or c.node_certificate)
-        client = signed.apply(lambda s: s.get("client") or c.node_client_certificate)
+        published = signed.apply(lambda s: (s.get("node") or c.node_certificate,
+                                            s.get("client") or c.node_client_certificate))
+        # Signed within this `up` when the federation tool joins it (components/signature.py).
+        wait = SignatureWait(f"{c.member}-signature", stack=own, node_request=identity.requests.node,
+                             client_request=identity.requests.client,
+                             wanted=pulumi.Output.all(published, identity.requests.node).apply(
+                                 lambda v: not answers(v[0][0], v[1])), opts=opts)
+        chosen = pulumi.Output.all(published, wait.node, wait.client, identity.requests.node).apply(
+            lambda v: v[0] if answers(v[0][0], v[3]) or not v[1] else (v[1], v[2]))
+        node, client = chosen.apply(lambda pair: pair[0]), chosen.apply(lambda pair: pair[1])
         join = output("federationJoin").apply(lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit)))
     # The check reads the (secret) key; what it passes on is the certificate, which is public.
     node = pulumi.Output.unsecret(pulumi.Output.all(node, ca, identity.key_pem).apply(

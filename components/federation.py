@@ -47,14 +47,18 @@ class StackNotReady(pulumi.RunError):
     """A referenced stack has not exported what this one needs (it is not up yet, or is another project)."""
 
 
-def stack_output(reference: pulumi.StackReference, stack: str, name: str, key: str, todo: str) -> pulumi.Output:
-    """An output of another stack, or one clear error naming the setting, the stack and what to do.
+def stack_output(reference: pulumi.StackReference, stack: str, name: str, key: str, todo: str,
+                 early: Any = None) -> pulumi.Output:
+    """An output of another stack (`early`, if given, instead: what the tool took from that stack's running
+    `up`, newer than its last outputs), or one clear error naming the setting, the stack and what to do.
 
     (A StackReference to a stack without outputs has no keys: require_output raises a bare KeyError.)
     In a preview (a pull request's, say) it is a warning and the value is unknown, so the preview still
     shows what this stack builds."""
 
     def present(value):
+        if early is not None:
+            return early
         if value is not None:
             return value
         problem = f"crdb-federation:{key} = {stack!r}: that stack has no output {name!r}. {todo}"
@@ -241,6 +245,12 @@ def covers(certificate_pem: Optional[str], *ips: str) -> bool:
     return all(ip in named for ip in ips)
 
 
+def answers(certificate_pem: Optional[str], request_pem: str) -> bool:
+    """True when the certificate names every IP address the request asks for (one for an older request of this
+    stack, before a node was added, does not)."""
+    return covers(certificate_pem, *request_addresses(request_pem)[1])
+
+
 def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[str, Any]]) -> None:
     """Refuses, naming the member stack: a locality name already taken (replicas would no longer be spread
     over clouds), a request for another common name, or for an address another stack's nodes use.
@@ -279,6 +289,7 @@ class MemberAdmissions(pulumi.ComponentResource):
     def __init__(self, name: str, *, seed_member: str, seed_ips: pulumi.Output[list[str]],
                  seed_join: pulumi.Output[list[str]], member_stacks: Sequence[str], authority: FederationAuthority,
                  allow_rekey: Sequence[str] = (), shared_secrets: bool = False,
+                 early_requests: Optional[dict[str, dict[str, str]]] = None,
                  opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("crdb-federation:federation:MemberAdmissions", name, None, opts)
         todo = ("Its operator runs `pulumi up` of that stack first (it publishes its certificate requests), "
@@ -290,11 +301,15 @@ class MemberAdmissions(pulumi.ComponentResource):
             if not shared_secrets:
                 reference.get_output("kubeconfig").apply(
                     lambda v, stack=stack: warn_if_readable(v, stack, "kubeconfig"))
+            early = (early_requests or {}).get(stack)
             seen.append(pulumi.Output.all(
                 stack=stack,
-                member=stack_output(reference, stack, "member", "members", todo),
-                requests=stack_output(reference, stack, "certificateRequests", "members", todo),
-                join=stack_output(reference, stack, "joinAddresses", "members", todo),
+                member=stack_output(reference, stack, "member", "members", todo, early and early["member"]),
+                requests=stack_output(reference, stack, "certificateRequests", "members", todo,
+                                      early and {"node": early["node"], "client": early["client"]}),
+                # Until the stack exports its addresses, the others join through the seed's and each other's.
+                join=reference.get_output("joinAddresses").apply(lambda addresses: addresses or []) if early
+                else stack_output(reference, stack, "joinAddresses", "members", todo),
             ))
         # Every request is checked against all the others before any is signed.
         checked = pulumi.Output.all(seed_ips, *seen).apply(lambda v: _checked(seed_member, v[0], v[1:]))

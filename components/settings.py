@@ -158,6 +158,9 @@ class CockroachSettings:
     # One operator runs every stack with one secrets provider (a demo): reading each other's secrets is expected.
     shared_secrets: bool
     ca_private_key: Optional[pulumi.Output] = field(default=None, compare=False)
+    # The seed: requests the federation tool took from members' running `up`s (stack -> member name, node and
+    # client request), signed before those stacks export them.
+    early_requests: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
     enterprise_license: Optional[pulumi.Output] = field(default=None, compare=False)
 
     @property
@@ -242,6 +245,28 @@ class _Reader:
             self.problem(key, raw, "a non-empty list (it is required)")
         return tuple(value)
 
+    def early_requests(self, key: str, members: Sequence[str]) -> dict[str, dict[str, str]]:
+        """stack -> {member, node, client}: a listed member stack's name and two PEM certificate requests."""
+        raw = self.values.get(key)
+        if raw is None or raw == "":
+            return {}
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError:
+            value = None
+        expected = "a mapping of member stacks to {member, node, client} (a name and two PEM certificate requests)"
+        if not isinstance(value, dict) or not all(
+                isinstance(v, dict) and set(v) == {"member", "node", "client"} and all(
+                    isinstance(x, str) and x for x in v.values()) for v in value.values()):
+            self.problem(key, "(requests)", expected)
+            return {}
+        for stack, entry in value.items():
+            if stack not in members:
+                self.problem(key, stack, "stacks listed in crdb-federation:members")
+            if not all(_loads_as_request(entry[kind]) for kind in ("node", "client")):
+                self.problem(key, stack, expected)
+        return {stack: dict(entry) for stack, entry in value.items()}
+
     def matching(self, key: str, value: Optional[str], pattern: re.Pattern, expected: str) -> None:
         if value is not None and not pattern.match(value):
             self.problem(key, value, expected)
@@ -277,6 +302,16 @@ def _loads_as_certificates(pem: str) -> bool:
 
     try:
         return bool(x509.load_pem_x509_certificates(pem.encode()))
+    except ValueError:
+        return False
+
+
+def _loads_as_request(pem: str) -> bool:
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_csr(pem.encode())
+        return True
     except ValueError:
         return False
 
@@ -566,6 +601,7 @@ def _parse_cockroach(
     for name in allow_rekey:
         if name not in members:
             r.problem("allowRekey", name, "stacks listed in crdb-federation:members")
+    early = r.early_requests("earlyRequests", members)
     pins = {key: tuple(normalised_fingerprint(v) for v in r.string_list(key)) for key in ("caSha256", "clientCaSha256")}
     for key, values in pins.items():
         for value in values:
@@ -614,6 +650,8 @@ def _parse_cockroach(
                     r.problem(key, None, "the federation's CA certificate when no seedStack provides it")
         if allow_rekey:
             r.problem("allowRekey", list(allow_rekey), "no value on a member: the seed decides")
+        if early:
+            r.problem("earlyRequests", sorted(early), "no value on a member: the federation tool sets it on the seed")
         if seed_stack:
             for key, values in pins.items():
                 if not values:
@@ -655,6 +693,7 @@ def _parse_cockroach(
         ca_sha256=pins["caSha256"],
         client_ca_sha256=pins["clientCaSha256"],
         allow_rekey=allow_rekey,
+        early_requests=early,
         shared_secrets=r.boolean("sharedSecrets", False),
         ca_private_key=ca_key,
         enterprise_license=licence,
@@ -670,7 +709,7 @@ CONFIG_KEYS = (
     "apiReadyTimeout", "existingNodes", "role", "memberName", "clusterName", "cockroachImage", "cockroachMemory",
     "cockroachCpu", "namespace", "seedStack", "joinAddresses", "replicationFactor", "members",
     "clusterOrganization", "caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate",
-    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets",
+    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets", "earlyRequests",
 )
 
 

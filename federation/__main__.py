@@ -16,10 +16,13 @@ from rich.console import Console
 from rich.live import Live
 
 from components.settings import COCKROACH_SQL_PORT, split_address
+from components.signature import SIGNATURES_DIR, WAIT_SECONDS
 
 from . import preflight, secrets, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
-from .runner import ROOT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names
+from .runner import (
+    ROOT, SIGNATURE_WAIT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names,
+)
 
 SEED = "seed"
 
@@ -44,6 +47,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if name == "join":
             command.add_argument("--skip-preflight", action="store_true", help="start clouds without checking them")
             command.add_argument("--my-address", help="this machine's public IP, for preflight's admin range check")
+            command.add_argument("--two-step", action="store_true",
+                                 help="sign after the members' ups, then up them again (what an operator does by hand)")
     check = commands.add_parser("preflight", help="check each cloud against what its stack needs; creates nothing",
                                 parents=[keys])
     check.add_argument("stacks", nargs="*", help="stacks (default: every stack)")
@@ -176,11 +181,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in [m for m in members if m not in environments]:
             run.skip(name, secrets.what_to_do([name], args.passphrases))
         members = [m for m in members if m in environments]
-        stacks = [LazyStack(name, environments[name]) for name in members]
-        needs_seed = any(stack_config.resolve(name).get("seedStack") for name in members)
-        seed = LazyStack(args.seed, environments[args.seed])
-        return orchestrate(run, lambda: join(run, seed, stacks, args.parallel, needs_seed=needs_seed),
-                           not args.no_dashboard, console)
+        needs_seed = needs_the_seed(members)
+        # The members' `up`s wait for the signatures the seed makes meanwhile (components/signature.py).
+        signatures = None if args.two_step or not needs_seed else run.log_dir.parent / "signatures"
+        waiting = {SIGNATURES_DIR: str(signatures), WAIT_SECONDS: str(SIGNATURE_WAIT)} if signatures else {}
+        stacks = [LazyStack(name, {**environments[name], **waiting}) for name in members]
+        seed = LazyStack(args.seed, environments.get(args.seed, {}))
+        return orchestrate(run, lambda: join(run, seed, stacks, args.parallel, needs_seed=needs_seed,
+                                             signatures=signatures), not args.no_dashboard, console)
     if args.command == "preview":
         names = args.stacks or known
         run = Run(names, "preview", run_dir(args.runs_dir, "preview"))
@@ -221,11 +229,19 @@ def stack_file_errors(stacks: Sequence[str]) -> dict[str, str]:
     return errors
 
 
+def needs_the_seed(members: Sequence[str]) -> bool:
+    """Some member takes its trust from the seed's stack (readable stack files only: the others are left out)."""
+    readable = [name for name in members if name not in stack_file_errors([name])]
+    return any(stack_config.resolve(name).get("seedStack") for name in readable)
+
+
 def stack_environments(args: argparse.Namespace, known: Sequence[str]) -> dict[str, dict[str, str]]:
     """The secrets environment of every stack whose engine this command runs (none for the others)."""
     command = args.command
     if command == "join":
-        involved = [*(args.stacks or known)] + [args.seed]
+        members = [s for s in (args.stacks or known) if s != args.seed]
+        # Members with explicit join addresses and CA (no seedStack) never run the seed's engine.
+        involved = members + ([args.seed] if needs_the_seed(members) else [])
     elif command in ("preview", "preflight"):
         involved = args.stacks or list(known)
     elif command in ("remove", "orphans"):
@@ -355,6 +371,18 @@ class LazyStack:
 
     def add_members(self, stacks):
         return self._get().add_members(stacks)
+
+    def remove_members(self, stacks):
+        return self._get().remove_members(stacks)
+
+    def set_early_requests(self, requests):
+        return self._get().set_early_requests(requests)
+
+    def qualified_name(self):
+        return self._get().qualified_name()
+
+    def member_name(self):
+        return self._get().member_name()
 
     def orphans(self):
         return self._get().orphans()

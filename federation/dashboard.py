@@ -15,28 +15,32 @@ STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "fa
 
 def progress_table(clouds: Sequence[CloudProgress], now: float, title: str) -> Table:
     table = Table(title=title, expand=False)
-    for column in ("cloud", "phase", "resources", "elapsed", "status"):
-        table.add_column(column, justify="right" if column in ("resources", "elapsed") else "left")
+    numbers = ("resources", "elapsed", "seed wait", "engine")
+    for column in ("cloud", "phase", *numbers, "status"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for cloud in clouds:
         phase = cloud.phase or "-"
         order = phases_of(cloud.operation)
         position = f" {order.index(cloud.phase) + 1}/{len(order)}" if cloud.phase in order else ""
         resources = f"{cloud.resources_done}/{cloud.resources_started}"
-        elapsed = f"{cloud.elapsed_at(now):6.1f}s" if cloud.started_at is not None else "-"
-        table.add_row(cloud.stack, phase + position, resources, elapsed,
-                      f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]")
+        started = cloud.started_at is not None
+        table.add_row(cloud.stack, phase + position, resources, *(
+            f"{seconds:6.1f}s" if started else "-" for seconds in (
+                cloud.elapsed_at(now), cloud.seed_wait_seconds(now), cloud.engine_seconds(now))),
+            f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]")
     return table
 
 
 def summary_table(clouds: Sequence[CloudProgress]) -> Table:
     """Clouds that joined by elapsed time, fastest first; then the others with their last error lines."""
     table = Table(title="summary (fastest first)")
-    for column in ("#", "cloud", "status", "elapsed", "last error"):
+    for column in ("#", "cloud", "status", "elapsed", "seed wait", "engine", "last error"):
         table.add_column(column)
     ordered = sorted(clouds, key=lambda c: summary_order(c.to_dict()))
     for rank, cloud in enumerate(ordered, 1):
         elapsed = f"{cloud.elapsed:.1f}s" if cloud.elapsed is not None else "-"
         table.add_row(str(rank), cloud.stack, f"[{STATUS_STYLE[cloud.status]}]{cloud.status}[/]", elapsed,
+                      f"{cloud.seed_wait_seconds():.1f}s", f"{cloud.engine_seconds():.1f}s",
                       cloud.error if cloud.status in ("failed", "refused") else "")
     return table
 

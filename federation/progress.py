@@ -54,13 +54,35 @@ class CloudProgress:
     done_urns: set[str] = field(default_factory=set)
     # The engine's own error diagnostics, (urn, message), in arrival order.
     diagnostics: list[tuple[str, str]] = field(default_factory=list)
+    # [start, end] of each of this cloud's engine runs (a member's two `up`s, the seed's signing ones), and of
+    # each wait within a run for the seed's signature (components/signature.py); end None while it lasts.
+    runs: list[list[Optional[float]]] = field(default_factory=list)
+    waits: list[list[Optional[float]]] = field(default_factory=list)
 
     def copy(self) -> "CloudProgress":
         return CloudProgress(**{**self.__dict__, "phases": dict(self.phases), "started_urns": set(self.started_urns),
-                                "done_urns": set(self.done_urns), "diagnostics": list(self.diagnostics)})
+                                "done_urns": set(self.done_urns), "diagnostics": list(self.diagnostics),
+                                "runs": [list(r) for r in self.runs], "waits": [list(w) for w in self.waits]})
 
     def start(self, now: float) -> None:
-        self.status, self.started_at = "running", now
+        """A run of this cloud begins; its elapsed time counts from the first."""
+        self.status = "running"
+        if self.started_at is None:
+            self.started_at = now
+        self.runs.append([now, None])
+
+    def engine_seconds(self, now: Optional[float] = None) -> float:
+        """Time in this cloud's own engine runs."""
+        return sum(_span(r, now) for r in self.runs)
+
+    def seed_waits(self, now: Optional[float] = None) -> list[tuple[float, float]]:
+        """(start, end) of each wait for the seed: between this cloud's runs, and each run's wait for its
+        signature (one that lasts ends `now`)."""
+        gaps = [(earlier[1], later[0]) for earlier, later in zip(self.runs, self.runs[1:]) if earlier[1] is not None]
+        return gaps + [(w[0], w[0] + _span(w, now)) for w in self.waits]
+
+    def seed_wait_seconds(self, now: Optional[float] = None) -> float:
+        return sum(max(0.0, end - start) for start, end in self.seed_waits(now))
 
     @property
     def resources_started(self) -> int:
@@ -85,12 +107,16 @@ class CloudProgress:
             metadata = event.resource_pre_event.metadata
             if metadata.op not in ("same", "read") and metadata.type != STACK:
                 self.started_urns.add(metadata.urn)
+                if _is_signature_wait(metadata):
+                    self.waits.append([now, None])
             self._reach("destroying" if self.operation == "destroy" else phase_of(metadata.type), now)
         elif event.res_outputs_event is not None:
             metadata = event.res_outputs_event.metadata
             # A step is done once it has started: a preview also reports outputs of unchanged resources.
             if metadata.urn in self.started_urns:
                 self.done_urns.add(metadata.urn)
+                if _is_signature_wait(metadata) and self.waits and self.waits[-1][1] is None:
+                    self.waits[-1][1] = now
             # The DaemonSet's step returns once its pods are ready: the nodes are live in the cluster. Unless
             # it was not awaited: then the nodes wait for the seed's signature.
             if metadata.type == DAEMONSET and self.operation == "up":
@@ -109,6 +135,9 @@ class CloudProgress:
 
     def finish(self, now: float, error: Optional[BaseException] = None) -> None:
         self.finished_at = now
+        for span in self.runs[-1:] + self.waits[-1:]:
+            if span[1] is None:
+                span[1] = now
         if error is None:
             self.status = "succeeded"
             if self.phase != "signing":
@@ -139,12 +168,27 @@ class CloudProgress:
             "operation": self.operation, "finished_at": self.finished_at, "elapsed": self.elapsed,
             "resources_done": self.resources_done, "resources_started": self.resources_started,
             "phases": dict(self.phases), "error": self.error,
+            "runs": [list(r) for r in self.runs], "waits": [list(w) for w in self.waits],
+            "engine_seconds": self.engine_seconds(), "seed_wait_seconds": self.seed_wait_seconds(),
+            "seed_waits": self.seed_waits(),
         }
 
 
 def summary_order(cloud: dict[str, Any]) -> tuple:
     """Clouds that joined, fastest first, then the others: the order of the terminal summary and the report."""
     return (cloud["status"] != "succeeded", cloud.get("elapsed") is None, cloud.get("elapsed") or 0.0, cloud["stack"])
+
+
+def _span(span: list[Optional[float]], now: Optional[float]) -> float:
+    end = span[1] if span[1] is not None else now
+    return max(0.0, end - span[0]) if end is not None else 0.0
+
+
+SIGNATURE_WAIT_NAME = "-signature"  # components/cockroach.py: the member's SignatureWait
+
+
+def _is_signature_wait(metadata: Any) -> bool:
+    return metadata.type == "pulumi-python:dynamic:Resource" and metadata.urn.endswith(SIGNATURE_WAIT_NAME)
 
 
 def _not_awaited(metadata: Any) -> bool:

@@ -184,8 +184,7 @@ class PulumiStack:
         from . import stack_config
 
         config = stack_config.resolve(self.name, self.work_dir)
-        return (openstack.connect(cloud=config["cloud"], region_name=config["region"]),
-                config.get("memberName") or self.name)
+        return openstack.connect(cloud=config["cloud"], region_name=config["region"]), self.member_name()
 
     def _broken_servers(self, on_output: Callable[[str], None]) -> list[str]:
         """Servers to heal. A server that ended in ERROR is otherwise only `updated` by the next `up`, which
@@ -221,20 +220,52 @@ class PulumiStack:
     def outputs(self) -> dict[str, Any]:
         return {key: value.value for key, value in self._stack.outputs().items()}
 
+    def _members(self) -> list[str]:
+        listed = self._stack.get_all_config().get(MEMBERS_KEY)
+        return json.loads(listed.value) if listed is not None and listed.value else []
+
     def add_members(self, stacks: Sequence[str]) -> list[str]:
         """Admits member stacks on the seed: appends those not yet in crdb-federation:members (through the
         CLI, which honours stackConfigDir); returns the ones added."""
         from pulumi import automation as auto
 
-        listed = self._stack.get_all_config().get(MEMBERS_KEY)
-        current = json.loads(listed.value) if listed is not None and listed.value else []
-        added = [stack for stack in stacks if stack not in current]
+        current = self._members()
+        added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
         for index, stack in enumerate(added, start=len(current)):
             self._stack.set_config(f"{MEMBERS_KEY}[{index}]", auto.ConfigValue(stack), path=True)
         return added
 
+    def remove_members(self, stacks: Sequence[str]) -> None:
+        from pulumi import automation as auto
+
+        kept = [stack for stack in self._members() if stack not in stacks]
+        self._stack.remove_config(MEMBERS_KEY)
+        for index, stack in enumerate(kept):
+            self._stack.set_config(f"{MEMBERS_KEY}[{index}]", auto.ConfigValue(stack), path=True)
+
+    def set_early_requests(self, requests: dict[str, dict[str, str]]) -> None:
+        """The seed's crdb-federation:earlyRequests (components/settings.py), or none."""
+        from pulumi import automation as auto
+
+        if requests:
+            self._stack.set_config(EARLY_KEY, auto.ConfigValue(json.dumps(requests, sort_keys=True)))
+        elif EARLY_KEY in self._stack.get_all_config():
+            self._stack.remove_config(EARLY_KEY)
+
+    def qualified_name(self) -> str:
+        """organization/project/stack, as the seed lists it (`pulumi stack --show-name -Q`)."""
+        done = self._stack.workspace._run_pulumi_cmd_sync(
+            ["stack", "--show-name", "--fully-qualify-stack-names", "--stack", self.name])
+        return done.stdout.strip()
+
+    def member_name(self) -> str:
+        from . import stack_config
+
+        return stack_config.resolve(self.name, self.work_dir).get("memberName") or self.name
+
 
 MEMBERS_KEY = "crdb-federation:members"
+EARLY_KEY = "crdb-federation:earlyRequests"
 SERVER_TYPE = "openstack:compute/instance:Instance"
 ATTACH_TYPE = "openstack:compute/volumeAttach:VolumeAttach"
 # terraform-provider-openstack's delete wait: Pending ACTIVE/SHUTOFF, Target DELETED/SOFT_DELETED.
@@ -294,6 +325,8 @@ class Run:
         self.started_wall = time.time()
         self.progress = {name: CloudProgress(name, operation) for name in names}
         self.lock = threading.Lock()
+        # Called with (stack name, engine event) for every event of every stack (the signer listens).
+        self.listeners: list[Callable[[str, Any], None]] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def now(self) -> float:
@@ -304,7 +337,8 @@ class Run:
         progress = self.progress[stack.name]
         with self.lock:
             progress.start(self.now())
-        with open(self.log_dir / f"{stack.name}.log", "w", encoding="utf-8") as log:
+        # Appended to: a member's two `up`s and the seed's signing runs each add theirs.
+        with open(self.log_dir / f"{stack.name}.log", "a", encoding="utf-8") as log:
             def on_output(line: str) -> None:
                 log.write(line.rstrip("\n") + "\n")
                 log.flush()
@@ -312,6 +346,8 @@ class Run:
             def on_event(event: Any) -> None:
                 with self.lock:
                     progress.on_event(event, self.now())
+                for listener in self.listeners:
+                    listener(stack.name, event)
 
             try:
                 stack.run(self.operation, on_event, on_output)
@@ -354,13 +390,18 @@ def seed_is_up(seed: Stack) -> bool:
     return bool(outputs.get("joinAddresses")) and bool(outputs.get("caCertificate"))
 
 
-def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, needs_seed: bool = True) -> None:
+def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, needs_seed: bool = True,
+         signatures: Optional[Path] = None) -> None:
     """Joins members in the order trust needs, all at once at each step:
     1. the seed, if it is not up;
-    2. every member: it builds its cloud and publishes its certificate requests (a member the seed signed
-       before joins right away);
-    3. the seed admits the members still waiting (crdb-federation:members) and signs their requests;
-    4. those members again: they install their certificates and join.
+    2. every member: it builds its cloud and makes its certificate requests. With `signatures` (a directory the
+       members' `up`s were told of, components/signature.py) the seed signs while they build: a Signer takes
+       each member's requests from its engine events and signs every member whose requests arrived in one seed
+       `up`, and the member's own `up` installs the certificates and joins;
+    3. the seed admits the members still waiting (crdb-federation:members) and signs their requests (signed
+       early: it lists the addresses they exported);
+    4. those members again: they install their certificates and join (signed early: they take the join list
+       with every member's addresses).
     Members configured with explicit join addresses and CA (no seedStack) neither wait for nor use the seed."""
     if needs_seed and not seed_is_up(seed):
         run.add(seed.name)
@@ -369,10 +410,19 @@ def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, n
             for member in members:
                 run.skip(member.name, f"not started: the seed stack '{seed.name}' is not up")
             return
-    run_concurrently(run, members, parallelism)
     if not needs_seed:
+        run_concurrently(run, members, parallelism)
         return
-    waiting = [m for m in members if run.progress[m.name].status == "succeeded" and not _signed(m)]
+    if signatures is None:
+        run_concurrently(run, members, parallelism)
+    else:
+        with Signer(run, seed, members, signatures):
+            run_concurrently(run, members, parallelism)
+    # Signed early, a member's nodes joined within its first `up`; the seed's signing `up`s could not list the
+    # addresses it exports at the end of that `up`, so the seed and the member run once more for their join lists
+    # (off the critical path: the nodes already run).
+    waiting = [m for m in members if run.progress[m.name].status == "succeeded" and (
+        signatures is not None or not _signed(m))]
     if not waiting:
         return
     seed.add_members([m.outputs()["stack"] for m in waiting])
@@ -385,6 +435,132 @@ def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, n
                                   f"(see {run.log_dir / (seed.name + '.log')})")
         return
     run_concurrently(run, waiting, parallelism)
+
+
+CSR_TYPE = "tls:index/certRequest:CertRequest"
+# components/federation.py NodeIdentity's two requests, through components/pki.py certificate_request.
+REQUEST_SUFFIXES = {"-identity-node-csr": "node", "-identity-client-csr": "client"}
+SIGNATURE_WAIT = 600  # seconds a member's `up` waits for its signature before its nodes wait for the next one
+
+
+class Signer:
+    """The seed's signing while its members' `up`s run: takes each member's certificate requests from its engine
+    events the moment they exist, signs every member whose requests arrived in one seed `up` (a batch; the
+    members that arrive meanwhile are the next batch), and leaves each member's certificates where its `up`
+    waits for them (components/signature.py). The seed's program checks every request as on the two-step path.
+
+    Used as a context manager around the members' `up`s; on leaving, the requests it gave the seed are removed
+    from the seed's config (by then the members export them), and so is every member it admitted whose `up`
+    failed before exporting anything (a seed listing a stack without outputs could sign nobody)."""
+
+    def __init__(self, run: Run, seed: Stack, members: Sequence[Stack], directory: Path):
+        from components.signature import requests_digest
+
+        self.run, self.seed, self.directory, self._digest = run, seed, directory, requests_digest
+        self.members = {m.name: m for m in members}
+        self.requests: dict[str, dict[str, str]] = {}  # member name -> node/client PEM, as they arrive
+        self.taken: set[str] = set()  # members a batch signed, or refused
+        self.stacks: dict[str, str] = {}  # member name -> its qualified stack name
+        self.early: dict[str, dict[str, str]] = {}  # qualified stack -> what the seed's config carries
+        self.admitted: list[str] = []
+        self.condition = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._serve, name="signer", daemon=True)
+
+    def __enter__(self) -> "Signer":
+        self.run.listeners.append(self.on_event)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        with self.condition:
+            self.closing = True
+            self.condition.notify()
+        self.thread.join()
+        self.run.listeners.remove(self.on_event)
+        self._tidy()
+
+    def on_event(self, name: str, event: Any) -> None:
+        outputs = event.res_outputs_event
+        if name not in self.members or outputs is None or outputs.metadata.type != CSR_TYPE:
+            return
+        kind = next((k for suffix, k in REQUEST_SUFFIXES.items() if outputs.metadata.urn.endswith(suffix)), None)
+        pem = ((getattr(outputs.metadata.new, "outputs", None) or {}).get("certRequestPem") or "")
+        if kind and pem.startswith("-----BEGIN CERTIFICATE REQUEST-----"):
+            with self.condition:
+                self.requests.setdefault(name, {})[kind] = pem
+                self.condition.notify()
+
+    def _arrived(self) -> list[str]:
+        """Members with both requests that no batch has taken yet."""
+        return [n for n, r in self.requests.items() if len(r) == 2 and n not in self.taken]
+
+    def _serve(self) -> None:
+        while True:
+            with self.condition:
+                while not self._arrived() and not self.closing:
+                    self.condition.wait()
+                batch = self._arrived()
+                if not batch:
+                    return
+            self._sign(batch)
+
+    def _sign(self, batch: list[str]) -> None:
+        from components.signature import write_signature
+
+        self.taken.update(batch)
+        digests = {n: self._digest(self.requests[n]["node"], self.requests[n]["client"]) for n in batch}
+        stacks = self.stacks
+        try:
+            for name in batch:
+                member = self.members[name]
+                stacks[name] = member.qualified_name()
+                self.early[stacks[name]] = {"member": member.member_name(), **self.requests[name]}
+            self.admitted += self.seed.add_members([stacks[n] for n in batch])
+            self.seed.set_early_requests(self.early)
+        except Exception as error:  # the batch is refused, the members' waits end; the two-step path remains
+            for name in batch:
+                if name in stacks:
+                    write_signature(self.directory, stacks[name], digests[name],
+                                    refused=f"the seed could not be given the requests: {error}")
+            return
+        if self.seed.name not in self.run.progress:
+            self.run.add(self.seed.name)
+        self.run.execute(self.seed)
+        signed: dict[str, Any] = {}
+        if self.run.progress[self.seed.name].status == "succeeded":
+            try:
+                signed = self.seed.outputs().get("signedCertificates") or {}
+            except Exception:
+                signed = {}
+        for name in batch:
+            certificates = signed.get(stacks[name]) or {}
+            write_signature(self.directory, stacks[name], digests[name], node=certificates.get("node") or "",
+                            client=certificates.get("client") or "",
+                            refused="" if certificates.get("node") else
+                            f"the seed's up did not sign it (see {self.run.log_dir / (self.seed.name + '.log')})")
+
+    def _tidy(self) -> None:
+        """The seed's config as the two-step path would have left it."""
+        if not self.early:
+            return
+        failed = [stack for name, stack in self.stacks.items()
+                  if stack in self.admitted and not _exported(self.members[name])]
+        try:
+            self.seed.set_early_requests({})
+            if failed:
+                self.seed.remove_members(failed)
+        except Exception as error:
+            with open(self.run.log_dir / f"{self.seed.name}.log", "a", encoding="utf-8") as log:
+                log.write(f"could not tidy the seed's config ({error}): remove crdb-federation:earlyRequests and "
+                          f"these members that never exported anything: {failed}\n")
+
+
+def _exported(stack: Stack) -> bool:
+    try:
+        return bool(stack.outputs().get("certificateRequests"))
+    except Exception:
+        return False
 
 
 def _signed(stack: Stack) -> bool:

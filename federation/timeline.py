@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from .progress import FINAL_PHASE, PHASES, CloudProgress, summary_order
 
 PHASE_COLOURS = {"network": "#4e79a7", "servers": "#f28e2b", "kubernetes": "#76b7b2", "cockroachdb": "#59a14f"}
+WAIT_COLOUR = "#b07aa1"  # waiting for the seed's signature: between a member's runs, or within one
 FAILED_COLOUR = "#e15759"
 JOINED_COLOUR = "#222222"
 
@@ -76,6 +77,11 @@ def render_report(record: dict[str, Any]) -> str:
                 f'<rect class="phase" data-phase="{phase}" x="{label_width + start * scale:.1f}" y="{y + 4}" '
                 f'width="{max((stop - start) * scale, 1):.1f}" height="{row - 8}" fill="{colour}">'
                 f'<title>{e(cloud["stack"])} {phase}: {start:.1f}s to {stop:.1f}s</title></rect>')
+        for start, stop in [w for w in cloud.get("seed_waits") or [] if w[1] > w[0]]:
+            parts.append(
+                f'<rect class="seed-wait" x="{label_width + start * scale:.1f}" y="{y + row - 9}" '
+                f'width="{max((stop - start) * scale, 1):.1f}" height="5" fill="{WAIT_COLOUR}">'
+                f'<title>{e(cloud["stack"])} waiting for the seed: {start:.1f}s to {stop:.1f}s</title></rect>')
         finished = cloud.get("finished_at")
         if finished is not None:
             x = label_width + finished * scale
@@ -89,7 +95,7 @@ def render_report(record: dict[str, Any]) -> str:
             parts.append(f'<text x="{x + 9:.1f}" y="{y + 17}" font-size="11">{label}</text>')
         parts.append("</g>")
     legend_y = height - 14
-    for index, (phase, colour) in enumerate(PHASE_COLOURS.items()):
+    for index, (phase, colour) in enumerate([*PHASE_COLOURS.items(), ("waiting for the seed", WAIT_COLOUR)]):
         x = label_width + index * 120
         parts.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}"/>')
         parts.append(f'<text x="{x + 16}" y="{legend_y}" font-size="11">{phase}</text>')
@@ -98,8 +104,10 @@ def render_report(record: dict[str, Any]) -> str:
     rows = []
     for cloud in clouds:
         elapsed = f'{cloud["elapsed"]:.1f}' if cloud.get("elapsed") is not None else "-"
+        waited, engine = (f'{cloud.get(k) or 0.0:.1f}' for k in ("seed_wait_seconds", "engine_seconds"))
         rows.append(f'<tr data-stack="{e(cloud["stack"])}"><td>{e(cloud["stack"])}</td><td>{e(cloud["status"])}</td>'
-                    f'<td>{elapsed}</td><td><pre>{e(cloud.get("error") or "")}</pre></td></tr>')
+                    f'<td>{elapsed}</td><td>{waited}</td><td>{engine}</td>'
+                    f'<td><pre>{e(cloud.get("error") or "")}</pre></td></tr>')
     succeeded = sum(1 for c in clouds if c["status"] == "succeeded")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>crdb-federation {e(record['operation'])} {e(record['started'])}</title>
@@ -108,7 +116,7 @@ def render_report(record: dict[str, Any]) -> str:
 <h1>crdb-federation: {e(record['operation'])} of {len(clouds)} clouds</h1>
 <p id="summary">Started {e(record['started'])}; {succeeded} of {len(clouds)} succeeded; phases: {', '.join(PHASES)}.</p>
 {''.join(parts)}
-<table><thead><tr><th>cloud</th><th>status</th><th>seconds</th><th>last error</th></tr></thead>
+<table><thead><tr><th>cloud</th><th>status</th><th>seconds</th><th>waiting for the seed</th><th>in its own engine runs</th><th>last error</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 </body></html>
 """

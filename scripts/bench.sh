@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The real-engine benchmark (bench/real_engine.py) inside the integration tier's network namespace.
-# Needs what the integration tier needs: scripts/test.sh run once as root (venv, pinned CLI, local
-# cloud), and the Python language host and provider plugins beside the CLI. Arguments go to the script.
+# A real-engine benchmark inside the integration tier's network namespace: bench/real_engine.py (previews,
+# memory, a second up), or with `join` first, bench/join_critical_path.py (a join's phases, and the cost of
+# 1 to 15 members at once). Needs what the integration tier needs: scripts/test.sh run once as root (venv,
+# pinned CLI, local cloud, Kubernetes binaries), and the Python language host and provider plugins beside
+# the CLI. The other arguments go to the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "error: run as root: the benchmark runs in a network namespace" >&2; exit 2; }
@@ -10,5 +12,7 @@ pulumi_bin=$(bash scripts/install-pulumi.sh)
 netns=crdb-federation-tests
 ip netns list | grep -qw "$netns" || ip netns add "$netns"
 ip netns exec "$netns" ip link set lo up
+script=bench/real_engine.py
+if [ "${1:-}" = join ]; then script=bench/join_critical_path.py; shift; fi
 exec ip netns exec "$netns" env PATH="$pulumi_bin:$PWD/venv/bin:$PATH" CRDB_TEST_NETNS="$netns" \
-  venv/bin/python bench/real_engine.py "$@"
+  venv/bin/python "$script" "$@"

@@ -206,6 +206,8 @@ class FakeCloud(pulumi.runtime.Mocks):
     stash_outputs: dict = field(default_factory=dict)
     # False: placeholder PEM text instead of real keys, for benchmarks that time the program, not RSA.
     real_crypto: bool = True
+    # What a member's SignatureWait found in the federation tool's file (components/signature.py): node, client.
+    signature: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.registered: dict[tuple[str, str], Registered] = {}
@@ -229,6 +231,8 @@ class FakeCloud(pulumi.runtime.Mocks):
             # Distinct per resource, as the real ones are: a test can tell which secret went where.
             digest = hashlib.sha256(args.name.encode()).hexdigest() * 4
             outputs["result"] = digest[:int(inputs.get("length", 16))]
+        elif t == "pulumi-python:dynamic:Resource" and args.name.endswith("-signature"):
+            outputs.update(self.signature)
         elif t == "pulumi:pulumi:StackReference":
             name = inputs["name"]
             if name not in self.stack_outputs:

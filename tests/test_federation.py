@@ -172,8 +172,13 @@ def test_join_admits_the_members_that_wait_then_brings_them_up_again(tmp_path):
     join(run, seed, members, parallelism=4)
     assert seed.admitted == ["organization/crdb-federation/a", "organization/crdb-federation/b"]
     assert seed.calls == ["up"] and [m.calls for m in members] == [["up", "up"], ["up", "up"]]
-    assert run.progress["seed"].finished_at <= min(run.progress[m].started_at for m in ("a", "b"))
+    # Each member's second run starts once the seed has signed; its elapsed time spans both, and the time
+    # between them is time waiting for the seed.
+    assert run.progress["seed"].finished_at <= min(run.progress[m].runs[1][0] for m in ("a", "b"))
     assert all(p.status == "succeeded" for p in run.progress.values())
+    a = run.progress["a"]
+    assert a.elapsed == pytest.approx(a.engine_seconds() + a.seed_wait_seconds())
+    assert a.seed_wait_seconds() >= run.progress["seed"].engine_seconds() - 0.005
 
 
 def test_a_member_whose_seed_does_not_sign_is_reported_failed(tmp_path):
