@@ -86,8 +86,14 @@ def render_report(record: dict[str, Any]) -> str:
         if finished is not None:
             x = label_width + finished * scale
             if cloud["status"] == "succeeded":
-                parts.append(f'<circle class="joined" cx="{x:.1f}" cy="{y + row / 2}" r="5" fill="{JOINED_COLOUR}"/>')
-                label = f'{FINAL_PHASE[cloud.get("operation", "up")]} {cloud["elapsed"]:.1f}s'
+                final = FINAL_PHASE[cloud.get("operation", "up")]
+                # Signed early, the pods are Ready in the first up; a later up only updates the join lists.
+                reached = (cloud.get("phases") or {}).get(final)
+                started = cloud.get("started_at") or 0.0
+                early = reached is not None and reached < finished - 1
+                at = label_width + reached * scale if early else x
+                parts.append(f'<circle class="joined" cx="{at:.1f}" cy="{y + row / 2}" r="5" fill="{JOINED_COLOUR}"/>')
+                label = f'{final} {(reached - started) if early else cloud["elapsed"]:.1f}s'  # the table: all
             else:
                 parts.append(f'<rect class="failed" x="{x - 4:.1f}" y="{y + 6}" width="8" height="{row - 12}" '
                              f'fill="{FAILED_COLOUR}"/>')
