@@ -83,7 +83,8 @@ def outage_message(stack: str, outage: ApiOutage, service: Optional[tuple[str, s
     what = (f"the cloud's {SERVICE_WORDS.get(service[0], service[0] + ' API')}" if service else "a cloud API")
     named = f" ({service[1]})" if service and service[1] and service[1].lower() not in what.lower() else ""
     return (f"{stack}: {what}{named} did not answer at {_base(outage.url)} ({outage.cause}), so the run stopped. "
-            "What it had made is in the stack's state and nothing was lost; once the service answers again, "
+            "What it had made is in the stack's state (a create whose answer was lost is found and deleted as an "
+            "orphan by the next join); once the service answers again, "
             f"run `python -m federation join {stack}` (or `pulumi up`) again: it goes on from there.")
 
 
