@@ -154,6 +154,11 @@ def find_orphans(cloud: Any, member: str, known: set[str]) -> list[Orphan]:
 
 
 _VOLUME_BUSY = ("creating", "downloading")
+# The kinds one openstacksdk call deletes: (proxy, method).
+_PLAIN_DELETES = {"floating IP": ("network", "delete_ip"), "port": ("network", "delete_port"),
+                  "router": ("network", "delete_router"), "subnet": ("network", "delete_subnet"),
+                  "network": ("network", "delete_network"), "security group": ("network", "delete_security_group"),
+                  "key pair": ("compute", "delete_keypair"), "server group": ("compute", "delete_server_group")}
 _DELETE_ORDER = ("floating IP", "server", "router interface", "port", "router", "subnet", "network", "volume",
                  "server group", "key pair", "security group")
 
@@ -166,33 +171,20 @@ def delete_orphans(cloud: Any, orphans: Iterable[Orphan], on_output: Callable[[s
     deleted = []
     for orphan in deletable:
         on_output(f"deleting an orphan {orphan.line()}")
-        if orphan.kind == "floating IP":
-            cloud.network.delete_ip(orphan.id, ignore_missing=True)
-        elif orphan.kind == "server":
+        if orphan.kind == "server":
             cloud.compute.delete_server(orphan.id, ignore_missing=True)
             server = cloud.compute.find_server(orphan.id, ignore_missing=True)
             if server is not None:
                 cloud.compute.wait_for_delete(server, wait=wait)
         elif orphan.kind == "router interface":
             cloud.network.remove_interface_from_router(orphan.within, port_id=orphan.id)
-        elif orphan.kind == "router":
-            cloud.network.delete_router(orphan.id, ignore_missing=True)
-        elif orphan.kind == "subnet":
-            cloud.network.delete_subnet(orphan.id, ignore_missing=True)
-        elif orphan.kind == "network":
-            cloud.network.delete_network(orphan.id, ignore_missing=True)
-        elif orphan.kind == "port":
-            cloud.network.delete_port(orphan.id, ignore_missing=True)
         elif orphan.kind == "volume":
             if orphan.detail in _VOLUME_BUSY:  # Cinder deletes no volume still being made
                 volume = cloud.block_storage.get_volume(orphan.id)
                 cloud.block_storage.wait_for_status(volume, status="available", failures=["error"], wait=wait)
             cloud.block_storage.delete_volume(orphan.id, ignore_missing=True)
-        elif orphan.kind == "key pair":
-            cloud.compute.delete_keypair(orphan.id, ignore_missing=True)
-        elif orphan.kind == "server group":
-            cloud.compute.delete_server_group(orphan.id, ignore_missing=True)
-        elif orphan.kind == "security group":
-            cloud.network.delete_security_group(orphan.id, ignore_missing=True)
+        else:
+            service, method = _PLAIN_DELETES[orphan.kind]
+            getattr(getattr(cloud, service), method)(orphan.id, ignore_missing=True)
         deleted.append(orphan)
     return deleted
