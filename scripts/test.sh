@@ -4,7 +4,8 @@
 #   kubernetes-validate). Integration tier (tests/integration, marker `integration`): the real Pulumi CLI
 #   (scripts/install-pulumi.sh) against a real OpenStack on loopback (tests/integration/localcloud),
 #   inside a network namespace of its own so that nothing the tests dial leaves the machine.
-# Extra arguments go to pytest (e.g. `-m "not integration"` for the unit tier alone).
+# Extra arguments go to pytest (e.g. `-m "not integration"` for the unit tier alone). Two workers, one per
+# core: the unit modules spread over both while the integration tier runs in order on one (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,11 +46,12 @@ fi
 
 # Everything else runs in a network namespace with only loopback: the local cloud's floating and fixed
 # addresses exist only in its database, and whatever dials them fails at once instead of leaving.
+workers=(-n 2 --dist loadgroup --durations=25)
 netns=crdb-federation-tests
 if [ "$(id -u)" -eq 0 ] && ip netns add "$netns" 2>/dev/null || ip netns list 2>/dev/null | grep -qw "$netns"; then
   ip netns exec "$netns" ip link set lo up
   export CRDB_TEST_NETNS=$netns
-  exec ip netns exec "$netns" venv/bin/python -m pytest "$@"
+  exec ip netns exec "$netns" venv/bin/python -m pytest "${workers[@]}" "$@"
 fi
 echo "note: not root, so no isolated network namespace: the integration tier will say it cannot run" >&2
-exec venv/bin/python -m pytest "$@"
+exec venv/bin/python -m pytest "${workers[@]}" "$@"

@@ -12,6 +12,18 @@ from tests.harness import (  # noqa: E402
 )
 
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items):
+    """scripts/test.sh runs two pytest workers (pytest-xdist, --dist loadgroup): each unit module goes whole to
+    one worker, so its module fixtures run once; the integration tier goes whole to one worker, in order, since
+    its tests share one local cloud and one stand-in, and some stop the cloud's APIs or lower its quotas."""
+    for item in items:
+        whole = "integration" if INTEGRATION in item.path.resolve().parents else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(whole))
+
+
 # The whole program's runs in the order the federation's trust needs, shared by the modules that test them.
 @pytest.fixture(scope="session")
 def seed():
