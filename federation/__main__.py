@@ -366,6 +366,9 @@ class LazyStack:
     def run(self, operation, on_event, on_output) -> None:
         self._get().run(operation, on_event, on_output)
 
+    def prepare(self, on_output) -> None:
+        self._get().prepare(on_output)
+
     def outputs(self) -> dict:
         return self._get().outputs()
 

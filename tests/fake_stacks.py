@@ -71,6 +71,9 @@ class FakeStack:
     def outputs(self):
         return self._outputs
 
+    def prepare(self, on_output):
+        self.calls.append("prepare")
+
     def add_members(self, stacks):
         self.admitted = getattr(self, "admitted", []) + list(stacks)
         return list(stacks)

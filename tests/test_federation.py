@@ -372,6 +372,28 @@ def test_up_of_a_healthy_or_empty_stack_replaces_nothing():
         assert [c[0] for c in automation.calls] == (["refresh", "up"] if resources else ["up"])
 
 
+def test_the_checks_before_an_up_run_once_ahead_of_it_and_again_only_after_a_failure():
+    healthy = [_resource("k3s-0", outputs={"powerState": "active"})]
+    automation = _AutomationStack(healthy, healthy)
+    stack = PulumiStack("seed", automation_stack=automation)
+    stack.prepare(lambda line: None)
+    stack.prepare(lambda line: None)  # done once
+    stack.run("up", lambda e: None, lambda line: None)
+    stack.run("up", lambda e: None, lambda line: None)  # its own `up` just succeeded: nothing to check
+    assert [c[0] for c in automation.calls] == ["refresh", "up", "up"]
+
+    def fails(**kwargs):
+        automation.calls.append(("up", kwargs))
+        raise RuntimeError("update failed")
+
+    automation.up = fails
+    with pytest.raises(RuntimeError):
+        stack.run("up", lambda e: None, lambda line: None)
+    automation.calls.clear()
+    stack.prepare(lambda line: None)  # a failed `up` is checked again before the next
+    assert [c[0] for c in automation.calls] == ["refresh"]
+
+
 def test_preview_and_destroy_never_refresh_or_replace():
     automation = _AutomationStack([_resource("k3s-0", initErrors=["x"])], [])
     automation.preview = automation.destroy = lambda **kwargs: automation.calls.append(("other", kwargs))

@@ -184,6 +184,8 @@ def test_the_tool_signs_members_in_batches_while_their_ups_run_and_each_joins_in
     # seed `up` (no early requests left) and each member's second for the join lists of every member.
     prefix = "organization/crdb-federation/"
     assert seed.batches == [[prefix + "a"], [prefix + "a", prefix + "b", prefix + "c"], []]
+    # Its checks before an `up` ran while the members built, not in the first signing `up`.
+    assert seed.calls == ["prepare", "up", "up", "up"]
     assert [m.calls for m in members] == [["up", "up"]] * 3
     assert all(m._outputs["found"]["node"] == f"signed {m.requests['node']}" for m in members)
     assert seed.members == [prefix + n for n in "abc"] and seed.early == {}  # tidied: the members export them
