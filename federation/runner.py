@@ -248,8 +248,9 @@ class PulumiStack:
 
         current = self._members()
         added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
-        for index, stack in enumerate(added, start=len(current)):
-            self._stack.set_config(f"{MEMBERS_KEY}[{index}]", auto.ConfigValue(stack), path=True)
+        if added:  # one CLI call for a whole batch
+            self._stack.set_all_config({f"{MEMBERS_KEY}[{index}]": auto.ConfigValue(stack)
+                                        for index, stack in enumerate(added, start=len(current))}, path=True)
         return added
 
     def remove_members(self, stacks: Sequence[str]) -> None:
@@ -257,8 +258,9 @@ class PulumiStack:
 
         kept = [stack for stack in self._members() if stack not in stacks]
         self._stack.remove_config(MEMBERS_KEY)
-        for index, stack in enumerate(kept):
-            self._stack.set_config(f"{MEMBERS_KEY}[{index}]", auto.ConfigValue(stack), path=True)
+        if kept:
+            self._stack.set_all_config({f"{MEMBERS_KEY}[{index}]": auto.ConfigValue(stack)
+                                        for index, stack in enumerate(kept)}, path=True)
 
     def set_early_requests(self, requests: dict[str, dict[str, str]]) -> None:
         """The seed's crdb-federation:earlyRequests (components/settings.py), or none."""
@@ -477,7 +479,8 @@ class Signer:
         self.members = {m.name: m for m in members}
         self.requests: dict[str, dict[str, str]] = {}  # member name -> node/client PEM, as they arrive
         self.taken: set[str] = set()  # members a batch signed, or refused
-        self.stacks: dict[str, str] = {}  # member name -> its qualified stack name
+        self.stacks: dict[str, str] = {}  # member name -> its qualified stack name, once a batch took it
+        self.names: dict[str, tuple[str, str]] = {}  # member name -> (qualified stack, member name), learnt ahead
         self.early: dict[str, dict[str, str]] = {}  # qualified stack -> what the seed's config carries
         self.admitted: list[str] = []
         self.condition = threading.Condition()
@@ -514,6 +517,7 @@ class Signer:
 
     def _serve(self) -> None:
         self._prepare_seed()
+        self._learn_names()
         while True:
             with self.condition:
                 while not self._arrived() and not self.closing:
@@ -532,6 +536,14 @@ class Signer:
             except Exception as error:
                 log.write(f"the checks before the seed's signing up failed; its up repeats them: {error}\n")
 
+    def _learn_names(self) -> None:
+        """Each member's qualified stack and member name (a CLI call each), before the first batch needs them."""
+        for name, member in self.members.items():
+            try:
+                self.names[name] = (member.qualified_name(), member.member_name())
+            except Exception:  # asked again by the batch, which refuses it if it fails again
+                pass
+
     def _sign(self, batch: list[str]) -> None:
         from components.signature import write_signature
 
@@ -541,8 +553,8 @@ class Signer:
         try:
             for name in batch:
                 member = self.members[name]
-                stacks[name] = member.qualified_name()
-                self.early[stacks[name]] = {"member": member.member_name(), **self.requests[name]}
+                stacks[name], member_name = self.names.get(name) or (member.qualified_name(), member.member_name())
+                self.early[stacks[name]] = {"member": member_name, **self.requests[name]}
             self.admitted += self.seed.add_members([stacks[n] for n in batch])
             self.seed.set_early_requests(self.early)
         except Exception as error:  # the batch is refused, the members' waits end; the two-step path remains

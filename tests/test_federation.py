@@ -394,6 +394,19 @@ def test_the_checks_before_an_up_run_once_ahead_of_it_and_again_only_after_a_fai
     assert [c[0] for c in automation.calls] == ["refresh"]
 
 
+def test_the_seed_admits_a_whole_batch_in_one_config_call_after_those_it_lists():
+    from pulumi.automation import ConfigValue
+
+    automation = _AutomationStack([], [])
+    automation.get_all_config = lambda: {"crdb-federation:members": ConfigValue(json.dumps(["o/p/a"]))}
+    automation.set_all_config = lambda config, path: automation.calls.append(
+        ("set-all", {"config": {k: v.value for k, v in config.items()}, "path": path}))
+    added = PulumiStack("seed", automation_stack=automation).add_members(["o/p/a", "o/p/b", "o/p/c", "o/p/b"])
+    assert added == ["o/p/b", "o/p/c"]
+    assert automation.calls == [("set-all", {"config": {"crdb-federation:members[1]": "o/p/b",
+                                                        "crdb-federation:members[2]": "o/p/c"}, "path": True})]
+
+
 def test_preview_and_destroy_never_refresh_or_replace():
     automation = _AutomationStack([_resource("k3s-0", initErrors=["x"])], [])
     automation.preview = automation.destroy = lambda **kwargs: automation.calls.append(("other", kwargs))
