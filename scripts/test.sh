@@ -46,7 +46,7 @@ fi
 
 # Everything else runs in a network namespace with only loopback: the local cloud's floating and fixed
 # addresses exist only in its database, and whatever dials them fails at once instead of leaving.
-workers=(-n 2 --dist loadgroup --durations=25)
+workers=(-n 2 --dist loadscope --durations=25)
 netns=crdb-federation-tests
 if [ "$(id -u)" -eq 0 ] && ip netns add "$netns" 2>/dev/null || ip netns list 2>/dev/null | grep -qw "$netns"; then
   ip netns exec "$netns" ip link set lo up
