@@ -244,23 +244,23 @@ class PulumiStack:
     def add_members(self, stacks: Sequence[str]) -> list[str]:
         """Admits member stacks on the seed: appends those not yet in crdb-federation:members (through the
         CLI, which honours stackConfigDir); returns the ones added."""
-        from pulumi import automation as auto
-
         current = self._members()
         added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
-        if added:  # one CLI call for a whole batch
-            self._stack.set_all_config({f"{MEMBERS_KEY}[{index}]": auto.ConfigValue(stack)
-                                        for index, stack in enumerate(added, start=len(current))}, path=True)
+        self._write_members(added, start=len(current))
         return added
 
     def remove_members(self, stacks: Sequence[str]) -> None:
-        from pulumi import automation as auto
-
         kept = [stack for stack in self._members() if stack not in stacks]
         self._stack.remove_config(MEMBERS_KEY)
-        if kept:
+        self._write_members(kept, start=0)
+
+    def _write_members(self, stacks: Sequence[str], start: int) -> None:
+        """crdb-federation:members[start], [start+1], ... in one CLI call (a batch of any size)."""
+        from pulumi import automation as auto
+
+        if stacks:
             self._stack.set_all_config({f"{MEMBERS_KEY}[{index}]": auto.ConfigValue(stack)
-                                        for index, stack in enumerate(kept)}, path=True)
+                                        for index, stack in enumerate(stacks, start=start)}, path=True)
 
     def set_early_requests(self, requests: dict[str, dict[str, str]]) -> None:
         """The seed's crdb-federation:earlyRequests (components/settings.py), or none."""
@@ -538,11 +538,17 @@ class Signer:
 
     def _learn_names(self) -> None:
         """Each member's qualified stack and member name (a CLI call each), before the first batch needs them."""
-        for name, member in self.members.items():
+        for name in self.members:
             try:
-                self.names[name] = (member.qualified_name(), member.member_name())
+                self._names_of(name)
             except Exception:  # asked again by the batch, which refuses it if it fails again
                 pass
+
+    def _names_of(self, name: str) -> tuple[str, str]:
+        if name not in self.names:
+            member = self.members[name]
+            self.names[name] = (member.qualified_name(), member.member_name())
+        return self.names[name]
 
     def _sign(self, batch: list[str]) -> None:
         from components.signature import write_signature
@@ -552,8 +558,7 @@ class Signer:
         stacks = self.stacks
         try:
             for name in batch:
-                member = self.members[name]
-                stacks[name], member_name = self.names.get(name) or (member.qualified_name(), member.member_name())
+                stacks[name], member_name = self._names_of(name)
                 self.early[stacks[name]] = {"member": member_name, **self.requests[name]}
             self.admitted += self.seed.add_members([stacks[n] for n in batch])
             self.seed.set_early_requests(self.early)
