@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -352,19 +354,26 @@ def test_a_second_up_of_every_stack_changes_nothing(federation, project):
 
 def test_a_second_operator_on_the_same_stack_is_refused_naming_who_holds_it(federation, project):
     """Two people in one company run `up` of one stack at once: the first holds the backend's lock, the
-    tool's run of the second is refused (not failed) with the holder, and nothing is made twice."""
+    tool's run of the second is refused (not failed) with the holder, and nothing is made twice.
+
+    An `up` of a converged stack can end before the tool's run reaches its own `up` (it did in CI), so
+    the first operator's CLI is frozen (SIGSTOP) while it holds its real lock: a slow first run, made
+    deterministic, then let go to finish."""
     stack = MEMBERS[0]
     locks = project.state / ".pulumi" / "locks" / "organization" / "crdb-federation" / stack
     first = subprocess.Popen([project.pulumi, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
                              cwd=project.directory, env=project.env(stack), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not list(locks.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
     runs = project.directory / "runs-locked"
     try:
+        deadline = time.monotonic() + 120
+        while not list(locks.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)
+        assert list(locks.glob("*.json")), "the first operator's up ended or never took the lock"
         second = project.tool("join", stack, "--no-dashboard", "--skip-preflight", "--runs-dir", str(runs))
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         said, _ = first.communicate(timeout=900)
     assert first.returncode == 0, said[-3000:]
     [timeline] = list(runs.glob("*-join/*.json"))
