@@ -412,7 +412,8 @@ def run_os_upgrade(tmp_path, *, health, reboot_required):
     if reboot_required:
         (tmp_path / "reboot-required").write_text("")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRDB_NODES": "10.20.0.10 10.20.0.11"}
-    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    # The unhealthy case runs 180 rounds of fakes (~1,500 processes): seconds idle, over 30 s on a loaded machine.
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=180)
     return done, calls.read_text().splitlines() if calls.exists() else []
 
 
