@@ -150,25 +150,28 @@ class Bench:
         with Sampler() as sampled:
             done = self.project.tool("join", *members, "--no-dashboard", "--skip-preflight", "--runs-dir", str(runs),
                                      *extra, timeout=3600)
-        timeline_file = next(iter(sorted(runs.glob("*-join.json"))), None)
+        timeline_file = next(iter(sorted(runs.glob("*-join/*.json"))), None)
         if done.returncode != 0 or timeline_file is None:
             raise RuntimeError(f"join {members} failed:\n{done.stdout[-4000:]}{done.stderr[-2000:]}")
         return {"clouds": cloud_rows(timeline_file), "makespan": sampled.wall, "cpu_seconds": sampled.cpu,
                 "peak_pss": sampled.peaks, "peak_pss_total": sampled.total_peak, "report": str(
                     timeline_file.with_suffix(".html"))}
 
-    def floor(self, member: str) -> dict:
-        """The member's single `up`, its signature given the moment its requests exist."""
-        directory = self.base / "floor-signatures"
-        stack = PulumiStack(member, work_dir=self.project.directory, environment={
-            **self.project.env(member), SIGNATURES_DIR: str(directory), WAIT_SECONDS: "600"})
-        run = Run([member], "up", self.base / "floor-logs")
-        with InstantSigner(run, self.ca(), [LocalMember(stack)], directory):
-            run.execute(stack)
-        cloud = run.progress[member].to_dict()
-        if cloud["status"] != "succeeded":
-            raise RuntimeError(f"the floor's up failed: {cloud['error']}")
-        return cloud
+    def floor(self, members: list[str]) -> dict[str, dict]:
+        """Each member's single `up`, its signature given the moment its requests exist (no seed `up`), all at
+        once: alone, and beside as many others as the paths it is compared with."""
+        directory = self.base / f"floor-signatures-{len(members)}"
+        stacks = [PulumiStack(member, work_dir=self.project.directory, environment={
+            **self.project.env(member), SIGNATURES_DIR: str(directory), WAIT_SECONDS: "600"}) for member in members]
+        run = Run(members, "up", self.base / f"floor-logs-{len(members)}")
+        with InstantSigner(run, self.ca(), [LocalMember(stack) for stack in stacks], directory), \
+                ThreadPoolExecutor(max_workers=len(stacks)) as pool:
+            list(pool.map(run.execute, stacks))
+        clouds = {member: run.progress[member].to_dict() for member in members}
+        failed = {member: cloud["error"] for member, cloud in clouds.items() if cloud["status"] != "succeeded"}
+        if failed:
+            raise RuntimeError(f"the floor's up failed: {failed}")
+        return clouds
 
     def ca(self) -> dict[str, str]:
         """The seed's two CAs, from its state (this script runs every stack, as one operator)."""
@@ -258,20 +261,22 @@ def _sign(request_pem: str, ca_pem: str, key_pem: str, server: bool = False) -> 
 
 # ------------------------------------------------------------------------------------------- the report
 def render(results: dict) -> str:
+    floors = sorted(results["floors"].items(), key=lambda item: int(item[0]))
+    alone, at_once = floors[0][1]["join"], floors[-1][1]["join"]
     lines = [f"# The join's critical path (real engine, local cloud, {results['nodes']} node(s) per member)", "",
-             f"Seed `up`: {results['seed_up']:.1f} s. Floor (the member's single `up`, signed the moment it asks): "
-             f"pods Ready at {results['floor']['join']:.1f} s, waiting {results['floor'].get('wait in its up', 0):.1f}"
-             f" s in it ({results['floor']['member']}, alone).", "",
-             "## One member's join (start to pods Ready), with the seed and the other members at once", "",
-             "| path | clouds at once | join s | ratio to floor | Ready in | first up s | waited in it s | "
-             "between its ups s | second up s | own engine s | waiting for the seed s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    floor = results["floor"]["join"]
-    for label, row in results["phases"].items():
-        lines.append(f"| {label} | {row['clouds']} | {row['join']:.1f} | {row['join'] / floor:.2f} | "
-                     f"{row['ready in']} | {row['first up']:.1f} | {row.get('wait in its up', 0):.1f} | "
-                     f"{row.get('seed signing', 0):.1f} | {row.get('second up', 0):.1f} | {row['engine']:.1f} | "
-                     f"{row['seed wait']:.1f} |")
+             f"Seed `up`: {results['seed_up']:.1f} s. The floor is the member's single `up`, signed the moment it "
+             f"asks (no seed `up`), alone and beside as many members as the paths ({floors[0][1]['member']}).", "",
+             "## One member's join (start to pods Ready)", "",
+             "| path | clouds at once | join s | ÷ floor alone | ÷ floor at once | Ready in | first up s | "
+             "waited in it s | between its ups s | second up s | own engine s | waiting for the seed s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(f"floor, {count} at once" if int(count) > 1 else "floor, alone", {"clouds": int(count), **row})
+            for count, row in floors] + list(results["phases"].items())
+    for label, row in rows:
+        lines.append(f"| {label} | {row['clouds']} | {row['join']:.1f} | {row['join'] / alone:.2f} | "
+                     f"{row['join'] / at_once:.2f} | {row['ready in']} | {row['first up']:.1f} | "
+                     f"{row.get('wait in its up', 0):.1f} | {row.get('seed signing', 0):.1f} | "
+                     f"{row.get('second up', 0):.1f} | {row['engine']:.1f} | {row['seed wait']:.1f} |")
     lines += ["", "## Growth: the seed plus N members at once through the tool", "",
               "| members | makespan s | joins min / median / max s | CPU-s | CPU-s / 2 | PSS total GiB | "
               "control planes GiB | engines GiB | local OpenStack GiB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -291,16 +296,17 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=1, help="nodes per member (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
-    counts = [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in args.counts.split(",") if c]
     base = Path(tempfile.mkdtemp(prefix="crdb-join-bench-"))
     bench = Bench(base, args.nodes)
-    results: dict = {"nodes": args.nodes, "phases": {}, "growth": {}}
+    results: dict = {"nodes": args.nodes, "floors": {}, "phases": {}, "growth": {}}
     try:
         results["seed_up"] = bench.seed_up()
-        member = bench.pool[0]
-        results["floor"] = {"member": member, **phases_of(bench.floor(member))}
-        bench.destroy([member])
         three = bench.pool[:3]
+        member = three[0]
+        for members in ([member], three):
+            results["floors"][len(members)] = {"member": member, **phases_of(bench.floor(members)[member])}
+            bench.destroy(members)
         for label, extra in (("two-step (before)", ("--two-step",)), ("signer (after)", ())):
             joined = bench.join(three, *extra)
             results["phases"][label] = {"clouds": len(three) + 1, **phases_of(joined["clouds"][member])}
