@@ -6,11 +6,13 @@ import datetime
 import html
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from .progress import FINAL_PHASE, PHASES, CloudProgress, summary_order
 
-PHASE_COLOURS = {"network": "#4e79a7", "servers": "#f28e2b", "kubernetes": "#76b7b2", "cockroachdb": "#59a14f"}
+# "signing": built, its nodes waiting for their certificates (between a member's runs, or within one).
+PHASE_COLOURS = {"network": "#4e79a7", "servers": "#f28e2b", "kubernetes": "#76b7b2", "cockroachdb": "#59a14f",
+                 "signing": "#999999"}
 WAIT_COLOUR = "#b07aa1"  # waiting for the seed's signature: between a member's runs, or within one
 FAILED_COLOUR = "#e15759"
 JOINED_COLOUR = "#222222"
@@ -51,6 +53,19 @@ def _segments(cloud: dict[str, Any]) -> list[tuple[str, float, float]]:
     return segments
 
 
+def _final_reached(cloud: dict[str, Any]) -> Optional[float]:
+    """When a succeeded cloud reached its final phase, if before its run ended: signed early, a member's pods
+    are Ready in its first `up`, and a later `up` only updates the join lists."""
+    reached = (cloud.get("phases") or {}).get(FINAL_PHASE[cloud.get("operation", "up")])
+    return reached if reached is not None and reached < cloud["finished_at"] - 1 else None
+
+
+def _final_after(cloud: dict[str, Any]) -> float:
+    """Seconds from the cloud's start to its final phase (its pods Ready, for an `up`): the join time."""
+    reached = _final_reached(cloud)
+    return reached - (cloud.get("started_at") or 0.0) if reached is not None else cloud["elapsed"]
+
+
 def render_report(record: dict[str, Any]) -> str:
     """One HTML file with inline CSS and SVG: opens without a network."""
     clouds = by_elapsed(record["clouds"])
@@ -72,7 +87,7 @@ def render_report(record: dict[str, Any]) -> str:
         parts.append(f'<g class="cloud" data-stack="{e(cloud["stack"])}" data-status="{e(cloud["status"])}">')
         parts.append(f'<text x="0" y="{y + 17}" font-size="13">{e(cloud["stack"])}</text>')
         for phase, start, stop in _segments(cloud):
-            colour = PHASE_COLOURS.get(phase, "#999")
+            colour = PHASE_COLOURS.get(phase, PHASE_COLOURS["signing"])
             parts.append(
                 f'<rect class="phase" data-phase="{phase}" x="{label_width + start * scale:.1f}" y="{y + 4}" '
                 f'width="{max((stop - start) * scale, 1):.1f}" height="{row - 8}" fill="{colour}">'
@@ -86,14 +101,10 @@ def render_report(record: dict[str, Any]) -> str:
         if finished is not None:
             x = label_width + finished * scale
             if cloud["status"] == "succeeded":
-                final = FINAL_PHASE[cloud.get("operation", "up")]
-                # Signed early, the pods are Ready in the first up; a later up only updates the join lists.
-                reached = (cloud.get("phases") or {}).get(final)
-                started = cloud.get("started_at") or 0.0
-                early = reached is not None and reached < finished - 1
-                at = label_width + reached * scale if early else x
+                reached = _final_reached(cloud)
+                at = label_width + reached * scale if reached is not None else x
                 parts.append(f'<circle class="joined" cx="{at:.1f}" cy="{y + row / 2}" r="5" fill="{JOINED_COLOUR}"/>')
-                label = f'{final} {(reached - started) if early else cloud["elapsed"]:.1f}s'  # the table: all
+                label = f'{FINAL_PHASE[cloud.get("operation", "up")]} {_final_after(cloud):.1f}s'
             else:
                 parts.append(f'<rect class="failed" x="{x - 4:.1f}" y="{y + 6}" width="8" height="{row - 12}" '
                              f'fill="{FAILED_COLOUR}"/>')
@@ -110,9 +121,10 @@ def render_report(record: dict[str, Any]) -> str:
     rows = []
     for cloud in clouds:
         elapsed = f'{cloud["elapsed"]:.1f}' if cloud.get("elapsed") is not None else "-"
+        final = f"{_final_after(cloud):.1f}" if cloud["status"] == "succeeded" and cloud.get("finished_at") else "-"
         waited, engine = (f'{cloud.get(k) or 0.0:.1f}' for k in ("seed_wait_seconds", "engine_seconds"))
         rows.append(f'<tr data-stack="{e(cloud["stack"])}"><td>{e(cloud["stack"])}</td><td>{e(cloud["status"])}</td>'
-                    f'<td>{elapsed}</td><td>{waited}</td><td>{engine}</td>'
+                    f'<td>{final}</td><td>{elapsed}</td><td>{waited}</td><td>{engine}</td>'
                     f'<td><pre>{e(cloud.get("error") or "")}</pre></td></tr>')
     succeeded = sum(1 for c in clouds if c["status"] == "succeeded")
     return f"""<!DOCTYPE html>
@@ -122,7 +134,7 @@ def render_report(record: dict[str, Any]) -> str:
 <h1>crdb-federation: {e(record['operation'])} of {len(clouds)} clouds</h1>
 <p id="summary">Started {e(record['started'])}; {succeeded} of {len(clouds)} succeeded; phases: {', '.join(PHASES)}.</p>
 {''.join(parts)}
-<table><thead><tr><th>cloud</th><th>status</th><th>seconds</th><th>waiting for the seed</th><th>in its own engine runs</th><th>last error</th></tr></thead>
+<table><thead><tr><th>cloud</th><th>status</th><th>{e(FINAL_PHASE[record['operation']])} after s</th><th>whole run s</th><th>waiting for the seed</th><th>in its own engine runs</th><th>last error</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 </body></html>
 """

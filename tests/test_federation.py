@@ -553,10 +553,11 @@ def test_join_leaves_out_a_member_whose_stack_file_the_cli_would_refuse(tmp_path
 
 def test_the_report_marks_when_pods_were_ready_not_when_a_later_up_ended():
     """Signed early, a member's pods are Ready in its first `up`; the converging second `up` ends later. The
-    report's dot and label give the join time a person looks for; the table keeps the whole run's."""
+    report's dot, label and table give the join time a person looks for; the table keeps the whole run's too."""
     cloud = {"stack": "zte", "status": "succeeded", "operation": "up", "started_at": 2.5, "finished_at": 272.9,
              "elapsed": 270.4, "phases": {"network": 24.5, "servers": 24.6, "kubernetes": 56.0,
                                           "cockroachdb": 137.9, "joined": 183.6}}
     report = timeline.render_report({"operation": "up", "started": "2026-12-02T14:26:42+00:00", "clouds": [cloud]})
-    assert ">joined 181.1s<" in report and "270.4" in report
+    assert ">joined 181.1s<" in report and "<td>181.1</td><td>270.4</td>" in report
+    assert "<th>joined after s</th><th>whole run s</th>" in report
     assert report.count('class="joined"') == 1
