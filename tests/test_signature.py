@@ -16,7 +16,7 @@ from pulumi.automation.events import EngineEvent
 from components.signature import (
     _SignatureWaitProvider, requests_digest, signature_file, wait_for_signature, write_signature,
 )
-from federation.runner import CSR_TYPE, Run, join
+from federation.runner import CSR_TYPE, Run, Signer, join
 from tests.fake_stacks import FakeStack
 from tests.fakes import FakeCloud
 from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, outputs_of, pinned_to, run_program
@@ -175,7 +175,8 @@ class BatchingSeed(FakeStack):
             stack: {"node": f"signed {r['node']}", "client": f"signed {r['client']}"} for stack, r in self.early.items()}}
 
 
-def test_the_tool_signs_members_in_batches_while_their_ups_run_and_each_joins_in_its_first_up(tmp_path):
+def test_the_tool_signs_members_in_batches_while_their_ups_run_and_each_joins_in_its_first_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(Signer, "GATHER_SECONDS", 0.0)  # every arrival after the first waits for the next batch
     seed = BatchingSeed()
     members = [EarlyMember("a", 0.0, tmp_path), EarlyMember("b", 0.1, tmp_path), EarlyMember("c", 0.12, tmp_path)]
     run = Run([m.name for m in members], "up", tmp_path / "logs")
@@ -190,6 +191,31 @@ def test_the_tool_signs_members_in_batches_while_their_ups_run_and_each_joins_in
     assert all(m._outputs["found"]["node"] == f"signed {m.requests['node']}" for m in members)
     assert seed.members == [prefix + n for n in "abc"] and seed.early == {}  # tidied: the members export them
     assert all(run.progress[m.name].status == "succeeded" for m in members)
+
+
+def test_members_that_ask_within_the_gathering_window_share_one_signing_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(Signer, "GATHER_SECONDS", 1.0)
+    seed = BatchingSeed()
+    members = [EarlyMember("a", 0.0, tmp_path), EarlyMember("b", 0.3, tmp_path), EarlyMember("c", 1.6, tmp_path)]
+    run = Run([m.name for m in members], "up", tmp_path / "logs")
+    started = time.monotonic()
+    join(run, seed, members, parallelism=4, signatures=tmp_path)
+    prefix = "organization/crdb-federation/"
+    # b asked 0.3 s after a: one `up` for both. c, 1.6 s after a, missed the window: the next batch.
+    assert seed.batches[:2] == [[prefix + "a", prefix + "b"], [prefix + "a", prefix + "b", prefix + "c"]]
+    assert all(m._outputs["found"]["node"] == f"signed {m.requests['node']}" for m in members)
+    assert time.monotonic() - started < 5
+
+
+def test_once_every_member_has_asked_the_batch_waits_no_longer(tmp_path, monkeypatch):
+    monkeypatch.setattr(Signer, "GATHER_SECONDS", 30.0)
+    seed = BatchingSeed()
+    members = [EarlyMember("a", 0.0, tmp_path), EarlyMember("b", 0.2, tmp_path)]
+    run = Run([m.name for m in members], "up", tmp_path / "logs")
+    started = time.monotonic()
+    join(run, seed, members, parallelism=2, signatures=tmp_path)
+    assert seed.batches[0] == ["organization/crdb-federation/a", "organization/crdb-federation/b"]
+    assert time.monotonic() - started < 5, "the batch waited out its window with nobody left to come"
 
 
 def test_a_batch_the_seed_fails_to_sign_ends_the_waits_and_drops_members_that_never_exported(tmp_path):
