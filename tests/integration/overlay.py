@@ -23,6 +23,9 @@ LOCAL_CLOUD = {
 }
 EXTERNAL_NETWORK = "public"  # router gateway and floating IPs, 198.18.0.0/24
 PROVIDER_NETWORK = "provider"  # shared, fixed addresses are public, 198.19.0.0/24
+# Neutron's limit for the local cloud's VXLAN tenant networks (1500 less the encapsulation): a stack whose
+# cloud is not encapsulated (otc: 1500) is refused a network above it.
+LOCAL_MAX_MTU = 1450
 PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "federation", "policy", "requirements.txt")
 
 
@@ -36,6 +39,8 @@ def overlay_config(config: dict[str, Any]) -> dict[str, Any]:
         result[f"{PROJECT}:externalNetwork"] = EXTERNAL_NETWORK
     if f"{PROJECT}:existingNetwork" in result:
         result[f"{PROJECT}:existingNetwork"] = PROVIDER_NETWORK
+    if int(result.get(f"{PROJECT}:mtu", 0)) > LOCAL_MAX_MTU:
+        result[f"{PROJECT}:mtu"] = LOCAL_MAX_MTU
     return result
 
 
