@@ -272,14 +272,15 @@ def render(results: dict) -> str:
              f"Seed `up`: {results['seed_up']:.1f} s. The floor is the member's single `up`, signed the moment it "
              f"asks (no seed `up`), alone and beside as many members as the paths ({floors[0][1]['member']}).", "",
              "## One member's join (start to pods Ready)", "",
-             "| path | clouds at once | join s | ÷ floor alone | ÷ floor at once | Ready in | first up s | "
-             "waited in it s | between its ups s | second up s | own engine s | waiting for the seed s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| path | clouds at once | join s | ÷ floor alone | ÷ floor at once | every member's join s | Ready in | "
+             "first up s | waited in it s | between its ups s | second up s | own engine s | waiting for the seed s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(f"floor, {count} at once" if int(count) > 1 else "floor, alone", {"clouds": int(count), **row})
             for count, row in floors] + list(results["phases"].items())
     for label, row in rows:
         lines.append(f"| {label} | {row['clouds']} | {row['join']:.1f} | {row['join'] / alone:.2f} | "
-                     f"{row['join'] / at_once:.2f} | {row['ready in']} | {row['first up']:.1f} | "
+                     f"{row['join'] / at_once:.2f} | {' / '.join(f'{j:.1f}' for j in row.get('joins', []))} | "
+                     f"{row['ready in']} | {row['first up']:.1f} | "
                      f"{row.get('wait in its up', 0):.1f} | {row.get('seed signing', 0):.1f} | "
                      f"{row.get('second up', 0):.1f} | {row['engine']:.1f} | {row['seed wait']:.1f} |")
     lines += ["", "## Growth: the seed plus N members at once through the tool", "",
@@ -310,11 +311,14 @@ def main() -> int:
         three = bench.pool[:3]
         member = three[0]
         for members in ([member], three):
-            results["floors"][len(members)] = {"member": member, **phases_of(bench.floor(members)[member])}
+            clouds = bench.floor(members)
+            results["floors"][len(members)] = {"member": member, **phases_of(clouds[member]),
+                                               "joins": sorted(ready_seconds(c) for c in clouds.values())}
             bench.destroy(members)
         for label, extra in (("two-step (before)", ("--two-step",)), ("signer (after)", ())):
             joined = bench.join(three, *extra)
-            results["phases"][label] = {"clouds": len(three) + 1, **phases_of(joined["clouds"][member])}
+            results["phases"][label] = {"clouds": len(three) + 1, **phases_of(joined["clouds"][member]), "joins": sorted(
+                ready_seconds(c) for name, c in joined["clouds"].items() if name != SEED)}
             if not extra:
                 results["growth"][3] = joined
             bench.destroy(three)

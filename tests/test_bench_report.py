@@ -29,6 +29,7 @@ def test_the_report_divides_each_join_by_both_floors():
     floor = {"member": "canonical", "join": 30.0, "engine": 42.0, "seed wait": 0.0, "first up": 42.0,
              "ready in": "first up"}
     results = {"nodes": 1, "seed_up": 48.0, "floors": {"1": floor, "3": {**floor, "join": 60.0}},
-               "phases": {"signer (after)": {**floor, "clouds": 4, "join": 72.0}}, "growth": {}}
+               "phases": {"signer (after)": {**floor, "clouds": 4, "join": 72.0, "joins": [70.5, 72.0, 75.25]}},
+               "growth": {}}
     [signer] = [line for line in render(results).splitlines() if line.startswith("| signer")]
-    assert "| 72.0 | 2.40 | 1.20 |" in signer, signer
+    assert "| 72.0 | 2.40 | 1.20 | 70.5 / 72.0 / 75.2 |" in signer, signer
