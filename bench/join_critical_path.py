@@ -93,6 +93,11 @@ def ready_seconds(cloud: dict) -> float:
     return ready - cloud["started_at"] if ready is not None else cloud["elapsed"]
 
 
+def member_joins(clouds: dict[str, dict]) -> list[float]:
+    """Every member's join, shortest first (the seed's own row left out)."""
+    return sorted(ready_seconds(c) for name, c in clouds.items() if name != SEED)
+
+
 def phases_of(cloud: dict) -> dict[str, float]:
     """A member's join split into its own engine runs and its waits for the seed. Two-step: the seed signs
     between the member's ups and the pods are Ready in the second. Signer: the seed signs while the first up
@@ -287,7 +292,7 @@ def render(results: dict) -> str:
               "| members | makespan s | joins min / median / max s | CPU-s | CPU-s / 2 | PSS total GiB | "
               "control planes GiB | engines GiB | local OpenStack GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for count, row in results["growth"].items():
-        joins = sorted(ready_seconds(c) for name, c in row["clouds"].items() if name != SEED)
+        joins = member_joins(row["clouds"])
         peaks = row["peak_pss"]
         lines.append(f"| {count} | {row['makespan']:.1f} | {joins[0]:.1f} / {joins[len(joins) // 2]:.1f} / "
                      f"{joins[-1]:.1f} | {row['cpu_seconds']:.0f} | {row['cpu_seconds'] / 2:.0f} | "
@@ -313,12 +318,12 @@ def main() -> int:
         for members in ([member], three):
             clouds = bench.floor(members)
             results["floors"][len(members)] = {"member": member, **phases_of(clouds[member]),
-                                               "joins": sorted(ready_seconds(c) for c in clouds.values())}
+                                               "joins": member_joins(clouds)}
             bench.destroy(members)
         for label, extra in (("two-step (before)", ("--two-step",)), ("signer (after)", ())):
             joined = bench.join(three, *extra)
-            results["phases"][label] = {"clouds": len(three) + 1, **phases_of(joined["clouds"][member]), "joins": sorted(
-                ready_seconds(c) for name, c in joined["clouds"].items() if name != SEED)}
+            results["phases"][label] = {"clouds": len(three) + 1, **phases_of(joined["clouds"][member]),
+                                        "joins": member_joins(joined["clouds"])}
             if not extra:
                 results["growth"][3] = joined
             bench.destroy(three)
