@@ -15,6 +15,7 @@ import pulumi
 import pulumi_openstack as openstack
 
 from .network import Network, owned_by
+from .ownership import StackOwner
 from .settings import NetworkSettings
 
 
@@ -49,6 +50,7 @@ class NodeAddresses(pulumi.ComponentResource):
         settings: NetworkSettings,
         network: Network,
         security_group_ids: Sequence[pulumi.Input[str]],
+        owner: StackOwner,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("crdb-federation:network:NodeAddresses", name, None, opts)
@@ -64,6 +66,7 @@ class NodeAddresses(pulumi.ComponentResource):
                 fixed_ips=fixed_ips,
                 security_group_ids=list(security_group_ids),
                 admin_state_up=True,
+                tags=owner.tags,
                 opts=child,
             )
             private_ip = port.all_fixed_ips.apply(first_ipv4)
@@ -73,6 +76,7 @@ class NodeAddresses(pulumi.ComponentResource):
                     f"{node_name}-fip",
                     pool=settings.external_network,
                     description=owned_by(node_name),
+                    tags=owner.tags,
                     opts=child,
                 )
                 # Associated with the port, not the server: a destroyed stack leaves no floating IP behind

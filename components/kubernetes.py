@@ -24,6 +24,7 @@ from .addresses import NodeAddresses
 from .cloudinit import K3S_CA_FILES, K3sJoin, K3sNode, render_user_data
 from .kube_nodes import NodeRegistration
 from .kube_objects import kube_object
+from .ownership import StackOwner
 from .readiness import ApiReadiness
 from .settings import COCKROACH_HTTP_PORT, KUBE_API_PORT, Settings
 
@@ -164,6 +165,7 @@ class K3sCluster(pulumi.ComponentResource):
         name: str,
         settings: Settings,
         addresses: NodeAddresses,
+        owner: StackOwner,
         opts: Optional[pulumi.ResourceOptions] = None,
     ):
         super().__init__("crdb-federation:kubernetes:K3sCluster", name, None, opts)
@@ -201,7 +203,8 @@ class K3sCluster(pulumi.ComponentResource):
                 description=f"crdb-federation CockroachDB store of {node.name}",
                 size=cloud.data_volume_size,
                 volume_type=cloud.data_volume_type,
-                metadata={"crdb-federation-member": settings.cockroach.member, "crdb-federation-node": node.name},
+                metadata=owner.metadata.apply(lambda mark, node=node: {
+                    **mark, "crdb-federation-member": settings.cockroach.member, "crdb-federation-node": node.name}),
                 opts=child,
             )
             # The same node password on a replacement server: k3s refuses a known node name otherwise.
@@ -219,10 +222,12 @@ class K3sCluster(pulumi.ComponentResource):
                 ca_files=v[6] or None,
             ))
             # An agent's Node object goes once its server has; node 0's goes with the cluster it holds, and
-            # so do the others' when the whole cluster goes.
+            # so do the others' when the whole cluster goes: with the server group, which goes only then. Not
+            # with server 0: the SDK awaits a `deleted_with` resource's URN, known only once it is created
+            # (pulumi sdk/python/lib/pulumi/runtime/resource.py), so every agent would wait for server 0's boot.
             registration = None if is_server else NodeRegistration(
                 f"{node.name}-registration", node=node.name, kubeconfig=self.admin_kubeconfig,
-                opts=pulumi.ResourceOptions(parent=self, deleted_with=self.machines[0].server))
+                opts=pulumi.ResourceOptions(parent=self, deleted_with=group))
             server = openstack.compute.Instance(
                 node.name,
                 name=node.name,
@@ -244,7 +249,9 @@ class K3sCluster(pulumi.ComponentResource):
                     # The boot disk holds only the OS and k3s; the store is on the data volume.
                     delete_on_termination=True,
                 )],
-                metadata={"crdb-federation-member": settings.cockroach.member, "k3s-role": "server" if is_server else "agent"},
+                metadata=owner.metadata.apply(lambda mark, is_server=is_server: {
+                    **mark, "crdb-federation-member": settings.cockroach.member,
+                    "k3s-role": "server" if is_server else "agent"}),
                 # Each of these forces a new server, and the program's names force delete-before-replace:
                 # a k3s bump, a proxy change or a re-published image would wipe every node of the cloud at
                 # once. A server keeps what it booted with; k3s and the OS are upgraded in place.

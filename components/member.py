@@ -14,6 +14,7 @@ from .cockroach_manifests import NODE_LABEL
 from .decommission import Decommission, OwnNodes
 from .kubernetes import ExistingCluster, InPlaceUpgrades, K3sCluster
 from .network import Network
+from .ownership import StackOwner
 from .security import SecurityGroups
 from .settings import COCKROACH_PORT, Settings, split_address
 
@@ -33,17 +34,21 @@ class CloudMember(pulumi.ComponentResource):
         holders: list[list[pulumi.Resource]]
         kube_objects: list[pulumi.Resource] = []
         if settings.kubernetes.mode == "k3s":
-            network = Network(name, settings.network, opts=child)
-            security = SecurityGroups(name, settings.network, ssh=settings.openstack.ssh_public_key is not None, opts=child)
+            # Every OpenStack resource carries this stack's mark: the recovery sweep deletes nothing else.
+            owner = StackOwner(name, opts=child)
+            network = Network(name, settings.network, owner, opts=child)
+            security = SecurityGroups(name, settings.network, owner, ssh=settings.openstack.ssh_public_key is not None,
+                                      opts=child)
             addresses = NodeAddresses(
                 name,
                 node_names(name, settings.openstack.node_count),
                 settings=settings.network,
                 network=network,
                 security_group_ids=security.group_ids,
+                owner=owner,
                 opts=child,
             )
-            cluster = K3sCluster(name, settings, addresses, opts=child)
+            cluster = K3sCluster(name, settings, addresses, owner, opts=child)
             provider = self._kubernetes_provider(name, cluster.kubeconfig)
             # The cluster lives on these servers: when the server goes, deleting its objects first would
             # only stop CockroachDB before its decommissioning is done.

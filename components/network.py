@@ -8,11 +8,13 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
+from .ownership import StackOwner
 from .settings import NetworkSettings
 
+
 def owned_by(name: str) -> str:
-    """The description that marks a cloud resource as the program's (federation/recovery.py finds orphans by it:
-    Neutron's names are neither unique nor the program's alone)."""
+    """The description that tells a person which of the program's resources this is. It proves nothing (anyone
+    can write it): the owner tag does (components/ownership.py)."""
     return f"crdb-federation {name}"
 
 
@@ -30,7 +32,8 @@ class Network(pulumi.ComponentResource):
     subnet_id: Optional[pulumi.Output[str]]
     gateway: Optional[pulumi.Resource]
 
-    def __init__(self, name: str, settings: NetworkSettings, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, settings: NetworkSettings, owner: StackOwner,
+                 opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("crdb-federation:network:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.subnet_id = None
@@ -40,13 +43,14 @@ class Network(pulumi.ComponentResource):
                 name=settings.external_network, external=True, opts=pulumi.InvokeOptions(parent=self)
             )
             network = openstack.networking.Network(
-                f"{name}-net", name=f"{name}-net", description=owned_by(f"{name}-net"), admin_state_up=True,
-                mtu=settings.mtu, opts=child
+                f"{name}-net", name=f"{name}-net", description=owned_by(f"{name}-net"), tags=owner.tags,
+                admin_state_up=True, mtu=settings.mtu, opts=child
             )
             subnet = openstack.networking.Subnet(
                 f"{name}-subnet",
                 name=f"{name}-subnet",
                 description=owned_by(f"{name}-subnet"),
+                tags=owner.tags,
                 network_id=network.id,
                 cidr=settings.cidr,
                 ip_version=4,
@@ -56,7 +60,7 @@ class Network(pulumi.ComponentResource):
             )
             router = openstack.networking.Router(
                 f"{name}-router", name=f"{name}-router", description=owned_by(f"{name}-router"),
-                external_network_id=external.id, opts=child
+                tags=owner.tags, external_network_id=external.id, opts=child
             )
             self.gateway = openstack.networking.RouterInterface(
                 f"{name}-router-if", router_id=router.id, subnet_id=subnet.id, opts=child

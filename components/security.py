@@ -15,6 +15,7 @@ from typing import Optional
 import pulumi
 import pulumi_openstack as openstack
 
+from .ownership import StackOwner
 from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT, COCKROACH_SQL_PORT, KUBE_API_PORT, NetworkSettings
 
 
@@ -58,14 +59,16 @@ class SecurityGroups(pulumi.ComponentResource):
 
     group_ids: list[pulumi.Output[str]]
 
-    def __init__(self, name: str, settings: NetworkSettings, *, ssh: bool, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, settings: NetworkSettings, owner: StackOwner, *, ssh: bool,
+                 opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("crdb-federation:security:SecurityGroups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         rules = ingress_rules(settings, ssh=ssh)
         groups: dict[str, openstack.networking.SecGroup] = {}
         for purpose in dict.fromkeys(rule.group for rule in rules):
             groups[purpose] = openstack.networking.SecGroup(
-                f"{name}-{purpose}", name=f"{name}-{purpose}", description=f"crdb-federation {purpose}", opts=child
+                f"{name}-{purpose}", name=f"{name}-{purpose}", description=f"crdb-federation {purpose}", tags=owner.tags,
+                opts=child
             )
         for rule in rules:
             group = groups[rule.group]

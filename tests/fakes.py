@@ -231,6 +231,10 @@ class FakeCloud(pulumi.runtime.Mocks):
             # Distinct per resource, as the real ones are: a test can tell which secret went where.
             digest = hashlib.sha256(args.name.encode()).hexdigest() * 4
             outputs["result"] = digest[:int(inputs.get("length", 16))]
+        elif t == "random:index/randomId:RandomId":
+            # Its hex output, 2 digits a byte (terraform-provider-random internal/provider/resource_id.go), distinct
+            # per resource as the real ones are.
+            outputs["hex"] = hashlib.sha256(args.name.encode()).hexdigest()[:2 * int(inputs.get("byteLength", 8))]
         elif t == "pulumi-python:dynamic:Resource" and args.name.endswith("-signature"):
             outputs.update(self.signature)
         elif t == "pulumi:pulumi:StackReference":

@@ -27,12 +27,23 @@ def settings(**overrides):
     return parse_settings({**VALID, **overrides}, "vexxhost")
 
 
+def _owner():
+    from components.ownership import StackOwner
+    return StackOwner("m")
+
+
+def _addressed(cloud, s, names):
+    """A cluster's addresses and the owner mark they carry, as CloudMember gives them."""
+    owner = _owner()
+    return _addresses(cloud, s, names, owner), owner
+
+
 EXISTING = dict(networkMode="existing", publicAddressing="fixed", existingNetwork="provider-net")
 
 
 def test_managed_network(cloud):
     from components.network import Network
-    evaluate(lambda: Network("m", settings(mtu="1450", dnsServers='["9.9.9.9"]').network).subnet_id)
+    evaluate(lambda: Network("m", settings(mtu="1450", dnsServers='["9.9.9.9"]').network, _owner()).subnet_id)
     net = cloud.one("networking/network:Network")
     assert net.inputs["mtu"] == 1450
     subnet = cloud.one("networking/subnet:Subnet")
@@ -46,7 +57,7 @@ def test_managed_network(cloud):
 
 def test_existing_network_is_looked_up_not_created(cloud):
     from components.network import Network
-    network = evaluate(lambda: Network("m", settings(**EXISTING).network))
+    network = evaluate(lambda: Network("m", settings(**EXISTING).network, _owner()))
     assert evaluate(lambda: network.network_id) == "net-provider-net"
     assert not cloud.of_type("networking/network:Network") and not cloud.of_type("Router")
     assert network.subnet_id is None and network.gateway is None
@@ -55,7 +66,7 @@ def test_existing_network_is_looked_up_not_created(cloud):
 def test_existing_network_by_uuid(cloud):
     from components.network import Network
     uuid = "0b3c5a1e-1111-2222-3333-444455556666"
-    assert evaluate(lambda: Network("m", settings(**{**EXISTING, "existingNetwork": uuid}).network).network_id) == \
+    assert evaluate(lambda: Network("m", settings(**{**EXISTING, "existingNetwork": uuid}).network, _owner()).network_id) == \
         f"net-{uuid}"
     assert any(args.get("networkId") == uuid for _, args in cloud.invokes)
 
@@ -70,7 +81,7 @@ def test_security_groups_open_only_what_is_needed(cloud):
     from components.security import SecurityGroups
     s = settings(adminCidrs='["198.20.0.0/24", "2a01:4f8::/48"]', federationCidrs='["198.18.0.0/15"]',
                  sqlCidrs='["100.70.0.0/16"]')
-    evaluate(lambda: SecurityGroups("m", s.network, ssh=False).group_ids)
+    evaluate(lambda: SecurityGroups("m", s.network, _owner(), ssh=False).group_ids)
     rules = _rules(cloud)
     assert not [i for _, i in rules if i.get("remoteIpPrefix") in ("0.0.0.0/0", "::/0")]
     opened = {(g, i.get("protocol"), i.get("portRangeMin"), i.get("remoteIpPrefix")) for g, i in rules
@@ -102,16 +113,18 @@ def test_icmp_rules_follow_the_address_family():
 
 def test_ssh_only_with_a_key_and_only_from_admins(cloud):
     from components.security import SecurityGroups
-    evaluate(lambda: SecurityGroups("m", settings().network, ssh=True).group_ids)
+    evaluate(lambda: SecurityGroups("m", settings().network, _owner(), ssh=True).group_ids)
     ssh = [i for _, i in _rules(cloud) if i.get("portRangeMin") == 22]
     assert [i["remoteIpPrefix"] for i in ssh] == ["198.20.0.0/24"]
 
 
-def _addresses(cloud, s, names=("m-k3s-0", "m-k3s-1")):
+def _addresses(cloud, s, names=("m-k3s-0", "m-k3s-1"), owner=None):
     from components.addresses import NodeAddresses
     from components.network import Network
-    network = Network("m", s.network)
-    return NodeAddresses("m", list(names), settings=s.network, network=network, security_group_ids=["sg-1", "sg-2"])
+    owner = owner or _owner()
+    network = Network("m", s.network, owner)
+    return NodeAddresses("m", list(names), settings=s.network, network=network, security_group_ids=["sg-1", "sg-2"],
+                         owner=owner)
 
 
 def test_floating_addresses_exist_before_servers(cloud):
@@ -152,7 +165,7 @@ def test_k3s_cluster_certificate_wiring(cloud):
     from components.kubernetes import K3sCluster
     from components.cloudinit import K3S_TLS_DIR
     s = settings(sshPublicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample op@laptop", nodeCount="3")
-    kubeconfig = evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1", "m-k3s-2"])).kubeconfig)
+    kubeconfig = evaluate(lambda: K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0", "m-k3s-1", "m-k3s-2"])).kubeconfig)
     servers = {r.name: r for r in cloud.of_type("compute/instance:Instance")}
     assert sorted(servers) == ["m-k3s-0", "m-k3s-1", "m-k3s-2"]
     server_data = cloud.registered[("openstack:compute/instance:Instance", "m-k3s-0")].outputs["userData"]
@@ -215,7 +228,7 @@ def test_k3s_cluster_certificate_wiring(cloud):
 def test_each_node_has_its_own_data_volume_attached_and_named_in_its_user_data(cloud):
     from components.kubernetes import K3sCluster
     s = settings(dataVolumeSize="250", dataVolumeType="ssd")
-    cluster = K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1"]))
+    cluster = K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0", "m-k3s-1"]))
     evaluate(lambda: cluster.kubeconfig)
     for machine, node in zip(cluster.machines, ("m-k3s-0", "m-k3s-1")):
         volume = cloud.named(f"{node}-data")
@@ -231,7 +244,7 @@ def test_each_node_has_its_own_data_volume_attached_and_named_in_its_user_data(c
 def test_the_image_is_pinned_at_the_first_deploy(cloud):
     from components.kubernetes import K3sCluster
     s = settings()
-    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
+    evaluate(lambda: K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0"])).kubeconfig)
     stash = cloud.named("m-image")
     assert stash.inputs["input"] == "image-ubuntu-24.04"
     server = cloud.named("m-k3s-0")
@@ -244,7 +257,7 @@ def test_a_first_deploy_with_an_image_the_cloud_lacks_fails_naming_the_setting(c
     cloud.missing_images.add("ubuntu-24.04")
     s = settings()
     with pytest.raises(Exception, match="crdb-federation:image = 'ubuntu-24.04': expected the name"):
-        evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
+        evaluate(lambda: K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0"])).kubeconfig)
 
 
 def test_a_server_keeps_every_input_that_would_force_a_new_one(cloud):
@@ -253,7 +266,7 @@ def test_a_server_keeps_every_input_that_would_force_a_new_one(cloud):
     ForceNew; an image change rebuilds the server. Setting sshPublicKey or changing the zone replaces nothing."""
     from components.kubernetes import K3sCluster
     s = settings(sshPublicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample op@laptop")
-    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1"])).kubeconfig)
+    evaluate(lambda: K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0", "m-k3s-1"])).kubeconfig)
     for server in ("m-k3s-0", "m-k3s-1"):
         options = cloud.named(server).options
         assert set(options["ignore_changes"]) >= {"userData", "blockDevices", "imageId", "imageName", "configDrive",
@@ -272,21 +285,23 @@ def test_an_agents_kubernetes_node_is_removed_after_its_server(cloud):
     only once the server is gone; node 0's goes with the cluster."""
     from components.kubernetes import K3sCluster
     s = settings()
-    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0", "m-k3s-1", "m-k3s-2"])).kubeconfig)
+    evaluate(lambda: K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0", "m-k3s-1", "m-k3s-2"])).kubeconfig)
     registrations = {r.name: r for r in cloud.of_type("dynamic:Resource") if r.name.endswith("-registration")}
     assert sorted(registrations) == ["m-k3s-1-registration", "m-k3s-2-registration"]
     for name, registration in registrations.items():
         server = cloud.named(name.removesuffix("-registration"))
         assert registration.outputs["node"] == server.name
         assert cloud.depends_on(server, registration)
-        assert registration.options["deleted_with"] == cloud.named("m-k3s-0").urn
+        # Deleted with the server group, which goes only with the whole cluster, and is made in a moment: the SDK
+        # awaits a `deleted_with` resource's URN, so with server 0 there every agent waited for its boot.
+        assert registration.options["deleted_with"] == cloud.named("m-spread").urn
 
 
 def test_an_image_given_by_id_is_used_as_it_is(cloud):
     from components.kubernetes import K3sCluster
     image = "6f0d2b3e-7c4a-4f5e-9d1b-2a3c4d5e6f70"
     s = settings(image=image)
-    evaluate(lambda: K3sCluster("m", s, _addresses(cloud, s, ["m-k3s-0"])).kubeconfig)
+    evaluate(lambda: K3sCluster("m", s, *_addressed(cloud, s, ["m-k3s-0"])).kubeconfig)
     assert not [r for r in cloud.of_type("pulumi:index:Stash") if r.name == "m-image"]
     assert not [t for t, _ in cloud.invokes if "getImage" in t]
     assert cloud.named("m-k3s-0").inputs["blockDevices"][0]["uuid"] == image
