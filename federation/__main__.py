@@ -4,6 +4,7 @@ one terminal."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -20,8 +21,9 @@ from components.signature import SIGNATURES_DIR, WAIT_SECONDS
 
 from . import preflight, secrets, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
+from .locks import StackLocked
 from .runner import (
-    ROOT, SIGNATURE_WAIT, PulumiStack, Run, default_backend, join, run_concurrently, stack_names,
+    ROOT, SIGNATURE_WAIT, PulumiStack, Run, StackNotInBackend, default_backend, join, run_concurrently, stack_names,
 )
 
 SEED = "seed"
@@ -276,21 +278,28 @@ def fingerprints_command(seed: str, console: Console) -> int:
 
 
 def orphans_command(stack: "LazyStack", delete: bool, console: Console) -> int:
-    """Lists (and with --delete removes) what an interrupted run left in the cloud (federation/recovery.py)."""
+    """Lists what provably is the stack's in its cloud and its state lacks (federation/recovery.py), and what bears
+    its names without its mark; with --delete, removes the former while it holds the stack's lock."""
     from . import recovery
 
-    cloud, orphans = stack.orphans()
-    for orphan in orphans:
-        console.print(orphan.line(), soft_wrap=True)
-    if not orphans:
-        console.print(f"{stack.name}: no orphans: every resource of the member in its cloud is in the state")
-        return 0
-    if not delete:
-        console.print(f"{len(orphans)} orphan(s); `python -m federation orphans {stack.name} --delete` deletes "
-                      "those not kept")
-        return 1
-    deleted = recovery.delete_orphans(cloud, orphans, console.print)
-    console.print(f"deleted {len(deleted)} of {len(orphans)} orphan(s)")
+    try:
+        with stack.holding() if delete else contextlib.nullcontext():
+            cloud, orphans = stack.orphans()
+            for orphan in orphans:
+                console.print(orphan.line(), soft_wrap=True)
+            deletable = [o for o in orphans if not o.kept]
+            if not orphans:
+                console.print(f"{stack.name}: no orphans: nothing in its cloud carries this stack's mark without "
+                              "being in its state")
+                return 0
+            if not delete:
+                console.print(f"{len(orphans)} orphan(s), {len(deletable)} of them this stack's and holding nothing; "
+                              f"`python -m federation orphans {stack.name} --delete` deletes those")
+                return 1
+            deleted, _ = recovery.delete_orphans(cloud, deletable, console.print)
+    except (StackNotInBackend, StackLocked, NotImplementedError) as refused:
+        return fail(str(refused))
+    console.print(f"deleted {len(deleted)} of {len(deletable)} orphan(s) not kept")
     return 0 if len(deleted) == len(orphans) else 1
 
 
@@ -358,13 +367,14 @@ class LazyStack:
         self.name, self.environment = name, environment or {}
         self._stack: Optional[PulumiStack] = None
 
-    def _get(self) -> PulumiStack:
+    def _get(self, create: bool = False) -> PulumiStack:
+        """Only an `up` may create the stack (PulumiStack says so when it does)."""
         if self._stack is None:
-            self._stack = PulumiStack(self.name, environment=self.environment)
+            self._stack = PulumiStack(self.name, environment=self.environment, create=create)
         return self._stack
 
     def run(self, operation, on_event, on_output) -> None:
-        self._get().run(operation, on_event, on_output)
+        self._get(create=operation == "up").run(operation, on_event, on_output)
 
     def prepare(self, on_output) -> None:
         self._get().prepare(on_output)
@@ -389,6 +399,9 @@ class LazyStack:
 
     def orphans(self):
         return self._get().orphans()
+
+    def holding(self):
+        return self._get().holding()
 
 
 if __name__ == "__main__":

@@ -1,65 +1,31 @@
-"""After an interrupted run: the lock it left, its pending operations and the cloud resources that exist in the
-cloud but not in the stack's state (orphans: they cost quota, and Nova and Neutron let a re-run make them twice).
+"""After an interrupted or failed run: the pending operations it left in the state, and what its creates made in
+the cloud that the state does not hold (orphans: they cost quota, and Nova and Neutron let a re-run make them twice).
 
-Orphans are deleted, not imported. An interrupted create never held data (a server still building, an empty
-volume never attached, a floating IP associated with nothing), and the program names every resource after its
-member, so the next `up` makes each one again, whole, with exactly the program's inputs; an import would have to
-match those inputs field by field or be replaced anyway. What could hold data is never deleted: a volume that
-is attached or not `available`.
+Only what this stack provably made is ever deleted. The proof is the stack's owner ID (components/ownership.py), a
+random ID kept in the stack's own state and written on every resource the program makes: a Neutron tag, Nova and
+Cinder metadata. A name proves nothing: an operator's project holds their own `otc-bastion` and `otc-backup`, and
+under admin credentials Neutron lists every project's resources, another stack's of the same name included. So:
+- every listing is scoped to the stack's own project (and key pairs to its own user), whatever the role;
+- a resource is a candidate only if it carries this stack's owner ID; a router interface only if it is on a
+  router that does; a key pair (no place for a mark) only under the exact name the program gives, with the exact
+  public key the stack's config holds, so deleting it loses nothing the next `up` does not make again;
+- what holds data or is still changing is kept: a volume attached or not `available`, a server still building,
+  a port bound to something, a floating IP associated with a port;
+- the program's names without the mark (made before the mark existed, or the operator's own) and server groups
+  (Nova keeps no mark on them) are listed, never deleted;
+- the sweep runs under the stack's lock (federation/locks.py), so no other run is creating anything meanwhile.
+
+Orphans are deleted, not imported: an interrupted create never held data, and the next `up` makes each one again,
+whole, with exactly the program's inputs.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-MEMBER_TAG = "crdb-federation-member"  # metadata on servers and volumes (components/kubernetes.py)
-# "  file:///…/locks/…/<id>.json: created by user@host (pid 123) at 2026-12-01T23:59:00Z"
-# (pulumi v3.259.0 pkg/backend/diy/lock.go checkForLock)
-_LOCK_LINE = re.compile(r"^\s*(?P<url>\S+): created by (?P<user>[^@\s]+)@(?P<host>\S+) \(pid (?P<pid>\d+)\) "
-                        r"at (?P<at>\S+)\s*$")
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    url: str
-    user: str
-    host: str
-    pid: int
-    at: str
-
-
-def lock_holders(message: str) -> list[LockHolder]:
-    """The holders the CLI names when it refuses a locked stack."""
-    found = []
-    for line in message.splitlines():
-        match = _LOCK_LINE.match(line)
-        if match:
-            found.append(LockHolder(match["url"], match["user"], match["host"], int(match["pid"]), match["at"]))
-    return found
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale(holders: Iterable[LockHolder], hostname: Optional[str] = None,
-          alive: Optional[Callable[[int], bool]] = None) -> bool:
-    """Every holder is a process of this machine that no longer runs (a killed engine): nobody else can be
-    in the middle of this stack. A holder on another machine is never judged from here."""
-    holders = list(holders)
-    here = hostname or socket.gethostname()
-    alive = alive or _pid_alive
-    return bool(holders) and all(h.host == here and not alive(h.pid) for h in holders)
+from components.ownership import OWNER_KEY, owner_id_in_state, owner_tag
 
 
 # ------------------------------------------------------------------------------------------ the state
@@ -74,6 +40,47 @@ def describe_pending(operations: Iterable[dict[str, Any]]) -> str:
 def state_ids(deployment: dict[str, Any]) -> set[str]:
     """The IDs of every resource the state holds (the cloud's IDs for the OpenStack ones)."""
     return {r["id"] for r in deployment.get("resources") or [] if r.get("id")}
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What a resource must show to be this stack's: its owner ID (None where the state predates the mark: then
+    nothing is deleted), the project and user the stack's credentials act in, and the exact key pair it makes."""
+
+    member: str
+    owner_id: Optional[str]
+    project_id: str
+    user_id: str = ""
+    ssh_public_key: Optional[str] = None
+
+    @staticmethod
+    def of(deployment: dict[str, Any], member: str, cloud: Any, ssh_public_key: Optional[str]) -> "Ownership":
+        return Ownership(member, owner_id_in_state(deployment.get("resources") or [], member),
+                         cloud.current_project_id, getattr(cloud, "current_user_id", "") or "", ssh_public_key)
+
+    def marked(self, resource: Any) -> bool:
+        """Carries this stack's owner ID: a Neutron tag, or Nova or Cinder metadata."""
+        if not self.owner_id:
+            return False
+        return (owner_tag(self.owner_id) in (getattr(resource, "tags", None) or [])
+                or (getattr(resource, "metadata", None) or {}).get(OWNER_KEY) == self.owner_id)
+
+    def in_project(self, resource: Any) -> bool:
+        """In the stack's own project. Cinder shows a volume's project to admins only (None otherwise), and then
+        lists the caller's own project alone (cinder api/v3/volumes.py: all_tenants is an admin's filter)."""
+        project = getattr(resource, "project_id", None)
+        return project is None or project == self.project_id
+
+    def named(self, name: Optional[str]) -> bool:
+        """One of the names the program gives (components/member.py, network.py, security.py, kubernetes.py)."""
+        return bool(name) and _program_names(self.member).match(name) is not None
+
+
+def _program_names(member: str) -> re.Pattern:
+    """Exactly the names the program gives its member's resources, and nothing of a member whose name merely starts
+    with this one's (`ibm-2-k3s-0` is not ibm's)."""
+    return re.compile(rf"^{re.escape(member)}-(k3s-\d+(-data|-port)?|net|subnet|router|spread|ssh|nodes|api|admin-ui"
+                      rf"|federation|sql)$")
 
 
 # ------------------------------------------------------------------------------------------ the cloud
@@ -91,100 +98,129 @@ class Orphan:
             f": kept, {self.kept}" if self.kept else "")
 
 
-def _names(member: str) -> re.Pattern:
-    """The names the program gives (`<member>-k3s-<n>`, its `-data` and `-port`, `<member>-net`, `-router`,
-    `-spread`, `-ssh`, `-<purpose>` of a security group), and nothing of a member whose name merely starts with
-    this one's (`ibm-2-k3s-0` is not ibm's)."""
-    return re.compile(rf"^{re.escape(member)}-(k3s-\d+(-data|-port)?|[a-z]+)$")
+UNMARKED = "it has the program's name but not this stack's owner mark (made before the mark, or not the stack's)"
+# Neutron's device_owner of a router's interface: legacy, distributed (DVR) and HA routers (neutron-lib
+# neutron_lib/constants.py DEVICE_OWNER_ROUTER_INTF, _DVR_INTERFACE, _HA_REPLICATED_INT).
+ROUTER_INTERFACE_OWNERS = ("network:router_interface", "network:router_interface_distributed",
+                           "network:ha_router_replicated_interface")
+# A server or volume still changing: another run may be making it, or Nova and Cinder are not done with it.
+SERVER_SETTLED = ("ACTIVE", "SHUTOFF", "ERROR", "STOPPED", "SUSPENDED", "PAUSED")
+VOLUME_SETTLED = ("available", "error")
 
 
-def mine(member: str, name: Optional[str], metadata: Optional[dict] = None, description: str = "") -> bool:
-    """Named as the program names the member's resources, tagged with the member, or described so."""
-    names = _names(member)
-    return bool(name and names.match(name)) or (metadata or {}).get(MEMBER_TAG) == member or bool(
-        description.startswith("crdb-federation ") and names.match(description[len("crdb-federation "):]))
-
-
-def find_orphans(cloud: Any, member: str, known: set[str]) -> list[Orphan]:
-    """The member's resources in the cloud (openstacksdk connection) whose IDs the state does not hold."""
+def find_orphans(cloud: Any, ownership: Ownership, known: set[str]) -> list[Orphan]:
+    """The stack's resources in the cloud (an openstacksdk connection) whose IDs its state does not hold, each with
+    why it is kept if it is; and, kept, the program's names that carry no owner mark."""
     found: list[Orphan] = []
-    for server in cloud.compute.servers():
-        if mine(member, server.name, server.metadata) and server.id not in known:
-            found.append(Orphan("server", server.id, server.name, server.status))
-    for volume in cloud.block_storage.volumes():
-        if mine(member, volume.name, volume.metadata) and volume.id not in known:
-            kept = "attached" if volume.attachments else (
-                "" if volume.status in ("available", "error", *_VOLUME_BUSY) else f"status {volume.status}")
-            found.append(Orphan("volume", volume.id, volume.name, volume.status, kept))
-    for ip in cloud.network.ips():
-        if mine(member, None, description=ip.description or "") and ip.id not in known:
+    project = ownership.project_id
+    own_servers = set()
+
+    def candidates(listing: Iterable[Any]) -> Iterable[Any]:
+        """In the stack's project, unknown to its state, and marked or bearing one of the program's names."""
+        for resource in listing:
+            if (resource.id not in known and ownership.in_project(resource)
+                    and (ownership.marked(resource) or ownership.named(resource.name))):
+                yield resource
+
+    def unmarked(resource: Any) -> str:
+        return "" if ownership.marked(resource) else UNMARKED
+
+    # Nova and Cinder list the caller's own project unless asked for all (nova api/openstack/compute/servers.py,
+    # all_tenants; cinder likewise); Neutron lists every project's to an admin (neutron_lib/db/utils.py
+    # model_query_scope_is_project), so each Neutron listing names the project.
+    for server in candidates(cloud.compute.servers()):
+        kept = unmarked(server) or ("" if server.status in SERVER_SETTLED else
+                                    f"still {server.status}: it may be another run's, or Nova is not done with it")
+        if not kept:
+            own_servers.add(server.id)
+        found.append(Orphan("server", server.id, server.name, server.status, kept))
+    for volume in candidates(cloud.block_storage.volumes()):
+        kept = unmarked(volume) or ("attached" if volume.attachments else "" if volume.status in VOLUME_SETTLED
+                                    else f"status {volume.status}")
+        found.append(Orphan("volume", volume.id, volume.name, volume.status, kept))
+    for ip in cloud.network.ips(project_id=project):
+        if ip.id not in known and ownership.in_project(ip) and ownership.marked(ip):
             kept = f"associated with port {ip.port_id}" if ip.port_id else ""
             found.append(Orphan("floating IP", ip.id, ip.floating_ip_address, ip.description or "", kept))
-    for port in cloud.network.ports():
-        if mine(member, port.name) and port.id not in known:
-            kept = f"bound to {port.device_owner}" if port.device_id and port.device_owner.startswith(
-                "compute:") and port.device_id in known else ""
-            found.append(Orphan("port", port.id, port.name, port.status, kept))
-    # Networks, subnets and routers by their description (components/network.py owned_by): their names are the
-    # operator's too in networkMode existing. A router's interface is a port with no name: one of the member's
-    # routers' that the state does not hold (a lost answer to an add, which Neutron refuses to make twice).
-    routers = {r.id: r for r in cloud.network.routers() if mine(member, None, description=r.description or "")}
-    for port in cloud.network.ports(device_owner="network:router_interface"):
-        if port.device_id in routers and port.id not in known:
-            subnets = ",".join(ip.get("subnet_id", "") for ip in port.fixed_ips or [])
-            found.append(Orphan("router interface", port.id, routers[port.device_id].name, f"subnet {subnets}",
-                                within=port.device_id))
-    found += [Orphan("router", r.id, r.name, r.status or "") for r in routers.values() if r.id not in known]
-    for subnet in cloud.network.subnets():
-        if mine(member, None, description=subnet.description or "") and subnet.id not in known:
-            found.append(Orphan("subnet", subnet.id, subnet.name, subnet.cidr or ""))
-    for network in cloud.network.networks():
-        if mine(member, None, description=network.description or "") and network.id not in known:
-            found.append(Orphan("network", network.id, network.name, network.status or ""))
-    for group in cloud.network.security_groups():
-        if mine(member, group.name) and group.id not in known:
-            found.append(Orphan("security group", group.id, group.name, group.description or ""))
-    for keypair in cloud.compute.keypairs():  # a second create of one fails outright: Nova's names are unique
-        if mine(member, keypair.name) and keypair.name not in known:
-            found.append(Orphan("key pair", keypair.name, keypair.name, keypair.fingerprint or ""))
+    for port in candidates(cloud.network.ports(project_id=project)):
+        bound = port.device_id and not (port.device_owner.startswith("compute:") and port.device_id in own_servers)
+        kept = unmarked(port) or (f"bound to {port.device_owner} {port.device_id}" if bound else "")
+        found.append(Orphan("port", port.id, port.name, port.status, kept))
+    # A router's interface is a port Neutron makes, with no name and no mark: one on a router of this stack that the
+    # state does not hold (a lost answer to an add, which Neutron refuses to make twice).
+    every_router = [r for r in cloud.network.routers(project_id=project) if ownership.in_project(r)]
+    marked_routers = {r.id: r for r in every_router if ownership.marked(r)}  # the state's own routers too
+    routers = list(candidates(every_router))
+    for device_owner in ROUTER_INTERFACE_OWNERS:
+        for port in cloud.network.ports(project_id=project, device_owner=device_owner):
+            if port.device_id in marked_routers and port.id not in known and ownership.in_project(port):
+                subnets = ",".join(ip.get("subnet_id", "") for ip in port.fixed_ips or [])
+                found.append(Orphan("router interface", port.id, marked_routers[port.device_id].name,
+                                    f"subnet {subnets}", within=port.device_id))
+    found += [Orphan("router", r.id, r.name, r.status or "", unmarked(r)) for r in routers]
+    for subnet in candidates(cloud.network.subnets(project_id=project)):
+        found.append(Orphan("subnet", subnet.id, subnet.name, subnet.cidr or "", unmarked(subnet)))
+    for network in candidates(cloud.network.networks(project_id=project)):
+        found.append(Orphan("network", network.id, network.name, network.status or "", unmarked(network)))
+    for group in candidates(cloud.network.security_groups(project_id=project)):
+        found.append(Orphan("security group", group.id, group.name, group.description or "", unmarked(group)))
+    # Key pairs belong to the Nova user that made them (nova api/openstack/compute/keypairs.py: the caller's own
+    # unless an admin names another); only the exact name, with the stack's own public key, is the stack's.
+    key_name = f"{ownership.member}-ssh"
+    for keypair in cloud.compute.keypairs():
+        if keypair.name == key_name and keypair.name not in known:
+            same = ownership.ssh_public_key and _same_key(keypair.public_key, ownership.ssh_public_key)
+            kept = "" if same else "its public key is not the stack's sshPublicKey: not provably the stack's"
+            found.append(Orphan("key pair", keypair.name, keypair.name, keypair.fingerprint or "", kept))
     for group in cloud.compute.server_groups():
-        if mine(member, group.name) and group.id not in known:
-            found.append(Orphan("server group", group.id, group.name, ",".join(group.policies or [])))
+        if group.name == f"{ownership.member}-spread" and group.id not in known and ownership.in_project(group):
+            found.append(Orphan("server group", group.id, group.name, ",".join(group.policies or []),
+                                "Nova keeps no mark on a server group: delete it yourself if it is the stack's"))
     return found
 
 
-_VOLUME_BUSY = ("creating", "downloading")
+def _same_key(a: Optional[str], b: str) -> bool:
+    """The same public key, whatever comment follows it (`ssh-ed25519 AAAA… user@host`)."""
+    return (a or "").split()[:2] == b.split()[:2]
+
+
 # The kinds one openstacksdk call deletes: (proxy, method).
 _PLAIN_DELETES = {"floating IP": ("network", "delete_ip"), "port": ("network", "delete_port"),
                   "router": ("network", "delete_router"), "subnet": ("network", "delete_subnet"),
                   "network": ("network", "delete_network"), "security group": ("network", "delete_security_group"),
-                  "key pair": ("compute", "delete_keypair"), "server group": ("compute", "delete_server_group")}
+                  "key pair": ("compute", "delete_keypair")}
 _DELETE_ORDER = ("floating IP", "server", "router interface", "port", "router", "subnet", "network", "volume",
-                 "server group", "key pair", "security group")
+                 "key pair", "security group")
 
 
 def delete_orphans(cloud: Any, orphans: Iterable[Orphan], on_output: Callable[[str], None],
-                   wait: float = 300) -> list[Orphan]:
-    """Deletes the orphans that hold nothing (servers first waited out, so their ports and volumes come free);
-    returns those deleted."""
+                   wait: float = 300) -> tuple[list[Orphan], list[tuple[Orphan, str]]]:
+    """Deletes the orphans that are not kept (servers first waited out, so their ports come free). One that the
+    cloud refuses (a 409: something came to use it) is reported and the rest go on. Returns (deleted, failed)."""
     deletable = sorted((o for o in orphans if not o.kept), key=lambda o: _DELETE_ORDER.index(o.kind))
-    deleted = []
+    deleted, failed = [], []
     for orphan in deletable:
         on_output(f"deleting an orphan {orphan.line()}")
-        if orphan.kind == "server":
-            cloud.compute.delete_server(orphan.id, ignore_missing=True)
-            server = cloud.compute.find_server(orphan.id, ignore_missing=True)
-            if server is not None:
-                cloud.compute.wait_for_delete(server, wait=wait)
-        elif orphan.kind == "router interface":
-            cloud.network.remove_interface_from_router(orphan.within, port_id=orphan.id)
-        elif orphan.kind == "volume":
-            if orphan.detail in _VOLUME_BUSY:  # Cinder deletes no volume still being made
-                volume = cloud.block_storage.get_volume(orphan.id)
-                cloud.block_storage.wait_for_status(volume, status="available", failures=["error"], wait=wait)
-            cloud.block_storage.delete_volume(orphan.id, ignore_missing=True)
-        else:
-            service, method = _PLAIN_DELETES[orphan.kind]
-            getattr(getattr(cloud, service), method)(orphan.id, ignore_missing=True)
+        try:
+            _delete(cloud, orphan, wait)
+        except Exception as error:  # openstacksdk's ConflictException, HttpException, ResourceTimeout
+            on_output(f"could not delete {orphan.line()}: {error}")
+            failed.append((orphan, str(error)))
+            continue
         deleted.append(orphan)
-    return deleted
+    return deleted, failed
+
+
+def _delete(cloud: Any, orphan: Orphan, wait: float) -> None:
+    if orphan.kind == "server":
+        cloud.compute.delete_server(orphan.id, ignore_missing=True)
+        server = cloud.compute.find_server(orphan.id, ignore_missing=True)
+        if server is not None:
+            cloud.compute.wait_for_delete(server, wait=wait)
+    elif orphan.kind == "router interface":
+        cloud.network.remove_interface_from_router(orphan.within, port_id=orphan.id)
+    elif orphan.kind == "volume":
+        cloud.block_storage.delete_volume(orphan.id, ignore_missing=True)
+    else:
+        service, method = _PLAIN_DELETES[orphan.kind]
+        getattr(getattr(cloud, service), method)(orphan.id, ignore_missing=True)

@@ -12,12 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from . import faults, recovery
+from . import faults, locks, recovery
 from .progress import CloudProgress
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "crdb-federation"
 OPERATIONS = ("up", "preview", "destroy")
+
+
+class StackNotInBackend(RuntimeError):
+    """The backend has no such stack, and the command may not create it."""
 
 
 def stack_names() -> list[str]:
@@ -44,9 +48,23 @@ def stack_workspace(work_dir: Path, environment: Optional[dict[str, str]] = None
     stack exists, as the Automation API does for remote workspaces (_local_workspace.py select_stack)."""
     from pulumi import automation as auto
 
-    workspace = auto.LocalWorkspace(work_dir=str(work_dir), env_vars=dict(environment or {}))
+    workspace = auto.LocalWorkspace(work_dir=str(work_dir), env_vars=dict(environment or {}),
+                                    pulumi_command=_recorded_cli())
     workspace.select_stack = lambda name: workspace._run_pulumi_cmd_sync(["stack", "--stack", name])
     return workspace
+
+
+def _recorded_cli() -> Any:
+    """The CLI on PATH, run through the shim that records where each of its processes runs, so that a lock it
+    leaves can be proven stale (federation/locks.py)."""
+    import shutil
+
+    from pulumi import automation as auto
+
+    real = shutil.which("pulumi")
+    if real is None:
+        return None  # the Automation API's own error names the missing CLI
+    return auto.PulumiCommand(root=str(locks.cli_root(real)), skip_version_check=True)
 
 
 class PulumiStack:
@@ -54,19 +72,41 @@ class PulumiStack:
     so the CLI reads stacks/Pulumi.<name>.yaml as `pulumi up` does)."""
 
     def __init__(self, name: str, work_dir: Path = ROOT, automation_stack: Any = None,
-                 delete_server: Optional[Callable[[str], None]] = None, environment: Optional[dict[str, str]] = None):
+                 delete_server: Optional[Callable[[str], None]] = None, environment: Optional[dict[str, str]] = None,
+                 *, create: bool = False):
+        """`create`: a stack the backend lacks is created (a first `up`, which says so); otherwise it is refused,
+        naming the backend: a recovery, removal or status of a stack that is not there must never make one, with
+        the whole live deployment then counted as its orphans."""
         from pulumi import automation as auto
 
         self.name = name
         self.work_dir = work_dir
         self.retry_delay = 5.0
-        self._stack = automation_stack or auto.Stack.create_or_select(name, stack_workspace(work_dir, environment))
+        self.backend_url = (environment or {}).get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL", "")
+        self.created = False
+        if automation_stack is None:
+            workspace = stack_workspace(work_dir, environment)
+            try:
+                automation_stack = auto.Stack.select(name, workspace)
+            except auto.StackNotFoundError:
+                if not create:
+                    backend = self.backend_url or "the CLI's login"
+                    raise StackNotInBackend(f"{name}: no such stack in the state backend ({backend}); nothing was "
+                                            "created. Its first `up` creates it; if it runs already, set "
+                                            "PULUMI_BACKEND_URL to the backend that holds it") from None
+                automation_stack = auto.Stack.create(name, workspace)
+                self.created = True
+        self._stack = automation_stack
         self._delete_server = delete_server or self._delete_server_in_cloud
         # Set once the checks an `up` starts with have passed, or its own `up` succeeded, in this run of the tool:
         # the seed's later signing `up`s and a member's converging `up`, minutes later, skip them.
         self._checked = False
 
     def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
+        if self.created:
+            on_output(f"{self.name} was not in the state backend ({self.backend_url or 'the CLI login'}): created it "
+                      "for its first up")
+            self.created = False
         if operation in ("up", "destroy"):
             self._unlocked(lambda: self._run(operation, on_event, on_output), on_output)
         else:
@@ -87,7 +127,6 @@ class PulumiStack:
         self._checked = True
 
     def _run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
-        extra: dict[str, Any] = {}
         if operation == "destroy":
             self._recover(on_output)
         if operation == "up" and not self._checked:
@@ -96,7 +135,7 @@ class PulumiStack:
         method = getattr(self._stack, operation)
         try:
             try:
-                method(on_event=on_event, on_output=on_output, color="never", **extra)
+                method(on_event=on_event, on_output=on_output, color="never", show_secrets=False)
             except Exception as error:
                 if operation not in ("up", "destroy") or SERVER_IN_ERROR_NOT_DELETED not in str(error):
                     raise
@@ -104,7 +143,7 @@ class PulumiStack:
                 # that wait at once although Nova goes on deleting it. The next attempt finds it gone.
                 on_output(f"a server in ERROR was still being deleted; retrying in {self.retry_delay:.0f}s")
                 time.sleep(self.retry_delay)
-                method(on_event=on_event, on_output=on_output, color="never", **extra)
+                method(on_event=on_event, on_output=on_output, color="never", show_secrets=False)
         except Exception as error:
             explanation = self._explain(str(error))
             if explanation is None:
@@ -118,9 +157,10 @@ class PulumiStack:
         None for anything else. Reading the cloud to say more must never hide the run's own error."""
         from . import preflight
 
-        missing = faults.missing_stack_message(self.name, text)
+        missing = faults.missing_stack_message(self.name, text, faults.references_of(self.name, self.work_dir))
         if missing:
             return missing
+        text += faults.build_faults(text, lambda: self._cloud()[0])  # why Nova ended a build in ERROR
         resources = faults.quotas_exceeded(text)
         outage = faults.api_outage(text)
         if not resources and outage is None:
@@ -142,57 +182,84 @@ class PulumiStack:
         return faults.outage_message(self.name, outage, faults.service_of(outage.url, catalog))
 
     def _unlocked(self, work: Callable[[], None], on_output: Callable[[str], None]) -> None:
-        """Runs `work`; if a lock refuses it and every holder is a process of this machine that no longer
-        runs (an engine that was killed), releases the lock and runs it once more. A live holder's refusal,
-        or one from another machine, goes to the operator as it is."""
+        """Runs `work`; if a lock refuses it and every holder is provably gone (federation/locks.py: a CLI this tool
+        ran in this boot and PID namespace, whose process runs no more), deletes those holders' lock objects alone
+        and runs it once more. Anything else is refused, naming who holds the stack and what to run."""
         try:
             work()
+        except locks.StackLocked:
+            raise
         except Exception as error:
-            holders = recovery.lock_holders(str(error))
-            if not recovery.stale(holders):
+            holders = locks.lock_holders(str(error))
+            if not holders:
                 raise
+            if not all(locks.provably_gone(h) for h in holders):
+                raise locks.StackLocked(_held_message(self.name, holders)) from error
             on_output(f"{self.name}'s lock was left by a run that is gone ("
-                      + "; ".join(f"pid {h.pid} on {h.host} since {h.at}" for h in holders)
-                      + "): releasing it (pulumi cancel)")
-            self._stack.cancel()
+                      + "; ".join(h.describe() for h in holders) + "): releasing that lock alone")
+            if not all(locks.release(h, self.backend_url) for h in holders):
+                raise locks.StackLocked(_held_message(self.name, holders)) from error
             work()
 
     def _recover(self, on_output: Callable[[str], None]) -> None:
-        """An interrupted run leaves pending operations in the state and, in the cloud, what its creates had
-        made (federation/recovery.py): a refresh clears the pending creates, then those orphans are deleted,
-        so the run that follows makes each resource once."""
-        deployment = self._stack.export_stack().deployment
-        pending = recovery.pending_operations(deployment)
+        """An interrupted run leaves pending operations in the state and, in the cloud, what its creates had made;
+        a create whose answer the cloud lost (an API that went away mid-request) leaves something too, after a run
+        that failed or even one that succeeded on a retry. So every `up` and `destroy` through the tool first clears
+        pending creates with a refresh, then, holding the stack's lock, deletes what provably is the stack's and
+        its state does not hold (federation/recovery.py)."""
+        pending = recovery.pending_operations(self._deployment())
         if pending:
-            # The refresh takes the stack's lock: nothing is deleted while another run may hold it.
-            self._stack.refresh(clear_pending_creates=True, on_output=on_output, color="never")
+            self._stack.refresh(clear_pending_creates=True, on_output=on_output, color="never", show_secrets=False)
             on_output(f"the last run of {self.name} was interrupted: {len(pending)} pending operation(s) "
-                      f"({recovery.describe_pending(pending)}), cleared by a refresh; deleting what they left in "
-                      "the cloud")
-        elif not self._last_run_failed():
+                      f"({recovery.describe_pending(pending)}), cleared by a refresh")
+        if locks.lock_directory(self.backend_url, self.name) is None:
+            on_output(f"{self.name}: not looking for what an interrupted run left in the cloud: the tool holds a "
+                      f"stack's lock itself on a file:// backend only; `python -m federation orphans {self.name}` "
+                      "lists it")
             return
-        # A failed run leaves no pending operation, but a create whose answer the cloud lost (an API that went
-        # away mid-request) made something all the same.
-        cloud, orphans = self.orphans()
-        if orphans and not pending:
-            on_output(f"the last run of {self.name} failed and left {len(orphans)} resource(s) its state does not "
-                      "hold; deleting them")
-        recovery.delete_orphans(cloud, orphans, on_output)
+        try:
+            with self.holding():
+                cloud, orphans = self.orphans()
+                deletable = [o for o in orphans if not o.kept]
+                if deletable:
+                    on_output(f"{self.name}: {len(deletable)} resource(s) in the cloud carry this stack's mark and "
+                              "its state does not hold them (left by an interrupted or failed run); deleting them")
+                recovery.delete_orphans(cloud, deletable, on_output)
+        except locks.StackLocked:
+            raise
+        except Exception as error:  # the run itself will say what is wrong with the cloud, in the operator's words
+            on_output(f"{self.name}: could not look for what an earlier run left in the cloud ({error}); going on")
+            return
         for orphan in orphans:
             if orphan.kept:
-                on_output(f"not deleted: {orphan.line()}; see python -m federation orphans {self.name}")
+                on_output(f"not deleted: {orphan.line()}")
 
-    def _last_run_failed(self) -> bool:
-        try:
-            history = self._stack.history(page_size=1)
-        except Exception:  # a new stack has no history to read
-            return False
-        return bool(history) and history[0].result == "failed"
+    def holding(self) -> Any:
+        """The stack's lock, held by this process (federation/locks.py)."""
+        return locks.holding(self.backend_url, self.qualified_name())
+
+    def _cli(self, args: list[str]) -> Any:
+        """One CLI call in the stack's workspace (its environment, its secrets provider)."""
+        return self._stack.workspace._run_pulumi_cmd_sync(args)
+
+    def _deployment(self) -> dict[str, Any]:
+        """The stack's state without decrypting it (automation's export_stack passes --show-secrets): IDs, types
+        and pending operations are all the recovery reads."""
+        done = self._cli(["stack", "export", "--stack", self.name])
+        return json.loads(done.stdout).get("deployment") or {}
 
     def orphans(self) -> tuple[Any, list[recovery.Orphan]]:
-        """The stack's cloud, and the member's resources in it that the state does not hold."""
+        """The stack's cloud, and what provably is the stack's in it (or bears its names) that the state lacks."""
+        from . import stack_config
+
+        config = stack_config.resolve(self.name, self.work_dir)
         cloud, member = self._cloud()
-        return cloud, recovery.find_orphans(cloud, member, recovery.state_ids(self._stack.export_stack().deployment))
+        deployment = self._deployment()
+        if recovery.pending_operations(deployment):
+            raise locks.StackLocked(f"{self.name} has pending operations: a run is under way or was interrupted; "
+                                    "its next `up` through the tool clears them first")
+        ownership = recovery.Ownership.of(deployment, member, cloud, config.get("sshPublicKey") or None)
+        return cloud, recovery.find_orphans(cloud, ownership, recovery.state_ids(deployment))
 
     def _cloud(self) -> tuple[Any, str]:
         """The stack's cloud, with its own clouds.yaml entry as `pulumi up` uses it, and its member name."""
@@ -207,11 +274,11 @@ class PulumiStack:
         """Servers to heal. A server that ended in ERROR is otherwise only `updated` by the next `up`, which
         leaves it in ERROR (the provider hides an `error` power state from its diff). A targeted refresh
         reads each server's current status first, so one that broke later is found too."""
-        servers = server_urns(self._stack.export_stack().deployment)
+        servers = server_urns(self._deployment())
         if not servers:
             return []
         self._stack.refresh(target=servers, on_output=on_output, color="never")
-        return servers_in_error(self._stack.export_stack().deployment)
+        return servers_in_error(self._deployment())
 
     def _heal(self, broken: list[str], on_output: Callable[[str], None]) -> None:
         """Deletes each server in ERROR in the cloud, then forgets it and its volume attachments, so the `up`
@@ -220,7 +287,7 @@ class PulumiStack:
         Not `--replace`: Nova refuses to detach a volume from a server in ERROR (409), so the engine could
         never delete the attachment first; deleting the server detaches its volumes. Nothing else is
         replaced either: the node's decommission resource stays, and the healed node rejoins with its store."""
-        deployment = self._stack.export_stack().deployment
+        deployment = self._deployment()
         ids = server_ids(deployment)
         on_output(f"healing {len(broken)} server(s) in ERROR: deleting them in the cloud, then creating them "
                   f"again: {', '.join(broken)}")
@@ -234,12 +301,23 @@ class PulumiStack:
         cloud.compute.delete_server(server)
         cloud.compute.wait_for_delete(server, wait=600)
 
-    def outputs(self) -> dict[str, Any]:
-        return {key: value.value for key, value in self._stack.outputs().items()}
+    def outputs(self, secrets: bool = False) -> dict[str, Any]:
+        """The stack's outputs; its secret ones only with `secrets` (the CLI prints "[secret]" otherwise and
+        decrypts nothing): only the seed's status needs one, its root client key."""
+        if secrets:
+            return {key: value.value for key, value in self._stack.outputs().items()}
+        done = self._cli(["stack", "output", "--json", "--stack", self.name])
+        return json.loads(done.stdout or "{}")
+
+    def _config(self) -> dict[str, Any]:
+        """The stack's config, its secrets left encrypted (automation's get_all_config passes --show-secrets, and
+        the seed's holds its CA key and licence)."""
+        done = self._cli(["config", "--json", "--stack", self.name])
+        return json.loads(done.stdout or "{}")
 
     def _members(self) -> list[str]:
-        listed = self._stack.get_all_config().get(MEMBERS_KEY)
-        return json.loads(listed.value) if listed is not None and listed.value else []
+        listed = self._config().get(MEMBERS_KEY) or {}
+        return listed.get("objectValue") or json.loads(listed.get("value") or "[]")
 
     def add_members(self, stacks: Sequence[str]) -> list[str]:
         """Admits member stacks on the seed: appends those not yet in crdb-federation:members (through the
@@ -273,14 +351,19 @@ class PulumiStack:
 
     def qualified_name(self) -> str:
         """organization/project/stack, as the seed lists it (`pulumi stack --show-name -Q`)."""
-        done = self._stack.workspace._run_pulumi_cmd_sync(
-            ["stack", "--show-name", "--fully-qualify-stack-names", "--stack", self.name])
+        done = self._cli(["stack", "--show-name", "--fully-qualify-stack-names", "--stack", self.name])
         return done.stdout.strip()
 
     def member_name(self) -> str:
         from . import stack_config
 
         return stack_config.resolve(self.name, self.work_dir).get("memberName") or self.name
+
+
+def _held_message(stack: str, holders: Sequence[locks.LockHolder]) -> str:
+    return (f"another run holds {stack}: " + "; ".join(f"{h.url}: {h.describe()}" for h in holders)
+            + ". Nothing was started. Run again once it ends; if you know that run is gone (its machine or container "
+            f"stopped), `pulumi cancel --stack {stack}` releases the lock")
 
 
 MEMBERS_KEY = "crdb-federation:members"
@@ -565,17 +648,23 @@ class Signer:
         self.taken.update(batch)
         digests = {n: self._digest(self.requests[n]["node"], self.requests[n]["client"]) for n in batch}
         stacks = self.stacks
-        try:
-            for name in batch:
+        for name in list(batch):
+            try:
                 stacks[name], member_name = self._names_of(name)
-                self.early[stacks[name]] = {"member": member_name, **self.requests[name]}
+            except Exception as error:  # this member alone is refused: its wait ends, the two-step path remains
+                batch.remove(name)
+                self._refuse_unnamed(name, digests[name], error)
+                continue
+            self.early[stacks[name]] = {"member": member_name, **self.requests[name]}
+        if not batch:
+            return
+        try:
             self.admitted += self.seed.add_members([stacks[n] for n in batch])
             self.seed.set_early_requests(self.early)
         except Exception as error:  # the batch is refused, the members' waits end; the two-step path remains
             for name in batch:
-                if name in stacks:
-                    write_signature(self.directory, stacks[name], digests[name],
-                                    refused=f"the seed could not be given the requests: {error}")
+                write_signature(self.directory, stacks[name], digests[name],
+                                refused=f"the seed could not be given the requests: {error}")
             return
         if self.seed.name not in self.run.progress:
             self.run.add(self.seed.name)
@@ -592,6 +681,14 @@ class Signer:
                             client=certificates.get("client") or "",
                             refused="" if certificates.get("node") else
                             f"the seed's up did not sign it (see {self.run.log_dir / (self.seed.name + '.log')})")
+
+    def _refuse_unnamed(self, name: str, digest: str, error: Exception) -> None:
+        """Ends the wait of a member whose names could not be read (its stack file or the CLI failed for it), at
+        the name a diy backend gives it (organization/<project>/<stack>), as its program computes it too."""
+        from components.signature import write_signature
+
+        write_signature(self.directory, f"organization/{PROJECT}/{name}", digest,
+                        refused=f"the tool could not read this stack's names: {error}")
 
     def _tidy(self) -> None:
         """The seed's config as the two-step path would have left it."""

@@ -77,3 +77,39 @@ class FakeStack:
     def add_members(self, stacks):
         self.admitted = getattr(self, "admitted", []) + list(stacks)
         return list(stacks)
+
+
+class FakeCli:
+    """The CLI calls PulumiStack makes in a stack's workspace (`workspace._run_pulumi_cmd_sync`), answered from an
+    automation-stack fake's own `export_stack`, `outputs` and `get_all_config`, in the CLI's JSON shapes: `pulumi
+    stack export` ({"version", "deployment"}), `pulumi stack output --json` and `pulumi config --json` (pulumi
+    v3.259.0 pkg/cmd/pulumi/stack/stack_output.go, config/config.go: {key: {"value", "secret", "objectValue"}})."""
+
+    def __init__(self, stack, name="s"):
+        self.stack, self.name, self.calls = stack, name, []
+
+    def _run_pulumi_cmd_sync(self, args):
+        import json
+        from types import SimpleNamespace
+
+        self.calls.append(list(args))
+        assert "--show-secrets" not in args, f"{args} decrypts the stack's secrets"
+        if args[:2] == ["stack", "export"]:
+            return SimpleNamespace(stdout=json.dumps({"version": 3, "deployment": self.stack.export_stack().deployment}))
+        if args[:2] == ["stack", "output"]:
+            outputs = self.stack.outputs() if hasattr(self.stack, "outputs") else {}
+            return SimpleNamespace(stdout=json.dumps({k: getattr(v, "value", v) for k, v in outputs.items()}))
+        if args[:1] == ["config"]:
+            config = self.stack.get_all_config() if hasattr(self.stack, "get_all_config") else {}
+            shown = {}
+            for key, value in config.items():
+                entry = {"value": value.value, "secret": value.secret}
+                try:
+                    entry["objectValue"] = json.loads(value.value)
+                except (TypeError, ValueError):
+                    pass
+                shown[key] = entry
+            return SimpleNamespace(stdout=json.dumps(shown))
+        if args[:2] == ["stack", "--show-name"]:
+            return SimpleNamespace(stdout=f"organization/crdb-federation/{self.name}\n")
+        raise AssertionError(f"unexpected CLI call {args}")
