@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -261,8 +262,8 @@ class _Reader:
             self.problem(key, "(requests)", expected)
             return {}
         for stack, entry in value.items():
-            if stack not in members:
-                self.problem(key, stack, "stacks listed in crdb-federation:members")
+            if not _STACK_NAME.match(stack):
+                self.problem(key, stack, "full stack names, organization/project/stack")
             if not all(_loads_as_request(entry[kind]) for kind in ("node", "client")):
                 self.problem(key, stack, expected)
         return {stack: dict(entry) for stack, entry in value.items()}
@@ -398,7 +399,7 @@ def parse_settings(
     secrets = dict(secrets or {})
     r = _Reader(values)
     given = {**{key: "[secret]" for key in secrets}, **values}
-    for key in sorted(set(given) - set(CONFIG_KEYS) - set(SECRET_KEYS)):
+    for key in sorted(set(given) - set(CONFIG_KEYS) - set(SECRET_KEYS) - {EARLY_REQUESTS_KEY}):
         # A misspelt key would otherwise be ignored and its default used, silently.
         close = difflib.get_close_matches(key, (*CONFIG_KEYS, *SECRET_KEYS), n=1)
         r.problem(key, given[key], "no such key: this program reads " + (
@@ -601,7 +602,10 @@ def _parse_cockroach(
     for name in allow_rekey:
         if name not in members:
             r.problem("allowRekey", name, "stacks listed in crdb-federation:members")
-    early = r.early_requests("earlyRequests", members)
+    early = r.early_requests(EARLY_REQUESTS_KEY, members)
+    # The federation tool's signing `up` admits the stacks it gives early requests for, for that run alone: the
+    # stack file keeps only what the seed's operator admitted (the tool writes those once they have joined).
+    members = (*members, *(stack for stack in early if stack not in members))
     pins = {key: tuple(normalised_fingerprint(v) for v in r.string_list(key)) for key in ("caSha256", "clientCaSha256")}
     for key, values in pins.items():
         for value in values:
@@ -700,6 +704,11 @@ def _parse_cockroach(
     ), warnings
 
 
+# Early certificate requests reach the seed's signing `up` from the federation tool through its environment, never
+# through the tracked stack file: a tool killed mid-run (SIGKILL, a CI timeout) leaves nothing behind there.
+EARLY_REQUESTS_VARIABLE = "CRDB_FEDERATION_EARLY_REQUESTS"
+EARLY_REQUESTS_KEY = "earlyRequests"  # its name in problems, as a config key's
+
 CONFIG_KEYS = (
     "cloud", "region", "availabilityZone", "image", "serverFlavor", "agentFlavor", "nodeCount", "bootVolumeSize",
     "dataVolumeSize", "dataVolumeType", "sshPublicKey", "networkMode", "networkCidr", "dnsServers", "mtu",
@@ -709,7 +718,7 @@ CONFIG_KEYS = (
     "apiReadyTimeout", "existingNodes", "role", "memberName", "clusterName", "cockroachImage", "cockroachMemory",
     "cockroachCpu", "namespace", "seedStack", "joinAddresses", "replicationFactor", "members",
     "clusterOrganization", "caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate",
-    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets", "earlyRequests",
+    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets",
 )
 
 
@@ -727,6 +736,11 @@ def load_settings(config: Optional[pulumi.Config] = None, stack: Optional[str] =
     # An unknown key's value goes into the error message: not a secret's.
     values.update({key: "[secret]" if pulumi.runtime.is_config_secret(f"{PROJECT}:{key}") else config.get(key)
                    for key in _given_keys() if key not in CONFIG_KEYS})
+    if EARLY_REQUESTS_KEY in values:
+        raise SettingsError([f"{PROJECT}:{EARLY_REQUESTS_KEY} = (requests): expected no such key in the stack file: an "
+                             "earlier version of the federation tool left it there when it was stopped mid-join; "
+                             f"remove it (pulumi config rm {EARLY_REQUESTS_KEY})"])
+    values[EARLY_REQUESTS_KEY] = os.environ.get(EARLY_REQUESTS_VARIABLE)
     values = {k: v for k, v in values.items() if v is not None}
     secrets: dict[str, pulumi.Output] = {}
     plaintext: list[str] = []

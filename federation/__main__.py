@@ -385,9 +385,6 @@ class LazyStack:
     def add_members(self, stacks):
         return self._get().add_members(stacks)
 
-    def remove_members(self, stacks):
-        return self._get().remove_members(stacks)
-
     def set_early_requests(self, requests):
         return self._get().set_early_requests(requests)
 

@@ -12,6 +12,7 @@ object is deleted, never all of them as `pulumi cancel` does (backend.go CancelC
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import json
@@ -223,3 +224,17 @@ def _refuse_if_held(directory: Path, ours: Path) -> None:
             except (OSError, ValueError):
                 said.append(str(path))
         raise StackLocked("another run holds this stack: " + "; ".join(said))
+
+
+@contextmanager
+def stack_file_lock(path: Path, directory: Path = STATE_DIRECTORY) -> Iterator[None]:
+    """Holds this machine's lock on a stack file while it is read and written back (the CLI writes it in place,
+    not atomically: pulumi sdk/go/common/workspace/project.go save). The lock file lives outside the repository."""
+    lock = directory / "stack-files" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -321,16 +321,13 @@ class PulumiStack:
 
     def add_members(self, stacks: Sequence[str]) -> list[str]:
         """Admits member stacks on the seed: appends those not yet in crdb-federation:members (through the
-        CLI, which honours stackConfigDir); returns the ones added."""
-        current = self._members()
-        added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
-        self._write_members(added, start=len(current))
+        CLI, which honours stackConfigDir); returns the ones added. A read, then a write of the stack file: two
+        joins on one seed take turns, or one's entries would be lost."""
+        with locks.stack_file_lock(self.work_dir / "stacks" / f"Pulumi.{self.name}.yaml"):
+            current = self._members()
+            added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
+            self._write_members(added, start=len(current))
         return added
-
-    def remove_members(self, stacks: Sequence[str]) -> None:
-        kept = [stack for stack in self._members() if stack not in stacks]
-        self._stack.remove_config(MEMBERS_KEY)
-        self._write_members(kept, start=0)
 
     def _write_members(self, stacks: Sequence[str], start: int) -> None:
         """crdb-federation:members[start], [start+1], ... in one CLI call (a batch of any size)."""
@@ -341,13 +338,15 @@ class PulumiStack:
                                         for index, stack in enumerate(stacks, start=start)}, path=True)
 
     def set_early_requests(self, requests: dict[str, dict[str, str]]) -> None:
-        """The seed's crdb-federation:earlyRequests (components/settings.py), or none."""
-        from pulumi import automation as auto
+        """The early requests the seed's next `up` signs (components/settings.py EARLY_REQUESTS_VARIABLE), or none:
+        in its engine's environment alone, so nothing of them outlives this process."""
+        from components.settings import EARLY_REQUESTS_VARIABLE
 
+        environment = self._stack.workspace.env_vars
         if requests:
-            self._stack.set_config(EARLY_KEY, auto.ConfigValue(json.dumps(requests, sort_keys=True)))
-        elif EARLY_KEY in self._stack.get_all_config():
-            self._stack.remove_config(EARLY_KEY)
+            environment[EARLY_REQUESTS_VARIABLE] = json.dumps(requests, sort_keys=True)
+        else:
+            environment.pop(EARLY_REQUESTS_VARIABLE, None)
 
     def qualified_name(self) -> str:
         """organization/project/stack, as the seed lists it (`pulumi stack --show-name -Q`)."""
@@ -367,7 +366,6 @@ def _held_message(stack: str, holders: Sequence[locks.LockHolder]) -> str:
 
 
 MEMBERS_KEY = "crdb-federation:members"
-EARLY_KEY = "crdb-federation:earlyRequests"
 SERVER_TYPE = "openstack:compute/instance:Instance"
 ATTACH_TYPE = "openstack:compute/volumeAttach:VolumeAttach"
 # terraform-provider-openstack's delete wait: Pending ACTIVE/SHUTOFF, Target DELETED/SOFT_DELETED.
@@ -551,9 +549,9 @@ class Signer:
     members that arrive meanwhile are the next batch), and leaves each member's certificates where its `up`
     waits for them (components/signature.py). The seed's program checks every request as on the two-step path.
 
-    Used as a context manager around the members' `up`s; on leaving, the requests it gave the seed are removed
-    from the seed's config (by then the members export them), and so is every member it admitted whose `up`
-    failed before exporting anything (a seed listing a stack without outputs could sign nobody)."""
+    Used as a context manager around the members' `up`s. The requests reach the seed's signing `up`s through their
+    engine's environment, which admits those stacks for that run alone: the seed's stack file is never written
+    here, so a tool killed mid-run leaves nothing in it (join() admits the members for good once they are up)."""
 
     # Members started together ask within a second of one another (0.6 s for three on the local cloud), yet a
     # batch taken at the first arrival signed that one alone, and the rest waited a whole seed `up` (~17 s)
@@ -569,8 +567,7 @@ class Signer:
         self.taken: set[str] = set()  # members a batch signed, or refused
         self.stacks: dict[str, str] = {}  # member name -> its qualified stack name, once a batch took it
         self.names: dict[str, tuple[str, str]] = {}  # member name -> (qualified stack, member name), learnt ahead
-        self.early: dict[str, dict[str, str]] = {}  # qualified stack -> what the seed's config carries
-        self.admitted: list[str] = []
+        self.early: dict[str, dict[str, str]] = {}  # qualified stack -> what the seed's signing `up` is given
         self.condition = threading.Condition()
         self.closing = False
         self.thread = threading.Thread(target=self._serve, name="signer", daemon=True)
@@ -586,7 +583,7 @@ class Signer:
             self.condition.notify()
         self.thread.join()
         self.run.listeners.remove(self.on_event)
-        self._tidy()
+        self.seed.set_early_requests({})
 
     def on_event(self, name: str, event: Any) -> None:
         outputs = event.res_outputs_event
@@ -658,14 +655,7 @@ class Signer:
             self.early[stacks[name]] = {"member": member_name, **self.requests[name]}
         if not batch:
             return
-        try:
-            self.admitted += self.seed.add_members([stacks[n] for n in batch])
-            self.seed.set_early_requests(self.early)
-        except Exception as error:  # the batch is refused, the members' waits end; the two-step path remains
-            for name in batch:
-                write_signature(self.directory, stacks[name], digests[name],
-                                refused=f"the seed could not be given the requests: {error}")
-            return
+        self.seed.set_early_requests(self.early)
         if self.seed.name not in self.run.progress:
             self.run.add(self.seed.name)
         self.run.execute(self.seed)
@@ -689,28 +679,6 @@ class Signer:
 
         write_signature(self.directory, f"organization/{PROJECT}/{name}", digest,
                         refused=f"the tool could not read this stack's names: {error}")
-
-    def _tidy(self) -> None:
-        """The seed's config as the two-step path would have left it."""
-        if not self.early:
-            return
-        failed = [stack for name, stack in self.stacks.items()
-                  if stack in self.admitted and not _exported(self.members[name])]
-        try:
-            self.seed.set_early_requests({})
-            if failed:
-                self.seed.remove_members(failed)
-        except Exception as error:
-            with open(self.run.log_dir / f"{self.seed.name}.log", "a", encoding="utf-8") as log:
-                log.write(f"could not tidy the seed's config ({error}): remove crdb-federation:earlyRequests and "
-                          f"these members that never exported anything: {failed}\n")
-
-
-def _exported(stack: Stack) -> bool:
-    try:
-        return bool(stack.outputs().get("certificateRequests"))
-    except Exception:
-        return False
 
 
 def _signed(stack: Stack) -> bool:

@@ -7,6 +7,7 @@ with preview=False so every `apply` runs on known values.
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import zlib
 from dataclasses import dataclass
@@ -68,8 +69,10 @@ def run_program(
     stack_outputs: Optional[dict[str, dict[str, Any]]] = None,
     cloud: Optional[FakeCloud] = None,
     preview: bool = False,
+    environment: Optional[dict[str, str]] = None,
 ) -> ProgramRun:
-    """`preview` True runs as `pulumi preview` does (only where a test is about preview behaviour)."""
+    """`preview` True runs as `pulumi preview` does (only where a test is about preview behaviour); `environment`:
+    variables the engine's process has for this run (the language host passes its own on to the program)."""
     # Each stack gets its own public range, as each cloud has its own floating IPs.
     prefix = f"198.18.{zlib.crc32(stack.encode()) % 250}" if stack != "test" else "198.18.0"
     cloud = cloud or FakeCloud()
@@ -89,11 +92,18 @@ def run_program(
 
     original_export = pulumi.export
     pulumi.export = lambda name, value: exports.__setitem__(name, value)
+    saved = {key: os.environ.get(key) for key in environment or {}}
+    os.environ.update(environment or {})
     try:
         # Runs the program like the engine does: waits for every registration and apply, raises their errors.
         _sync_await(run_pulumi_func(program))
     finally:
         pulumi.export = original_export
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     program_globals["_exports"] = exports
     return ProgramRun(cloud, program_globals)
 

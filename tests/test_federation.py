@@ -401,6 +401,36 @@ def test_the_checks_before_an_up_run_once_ahead_of_it_and_again_only_after_a_fai
     assert [c[0] for c in automation.calls] == ["refresh"]
 
 
+def test_two_joins_admitting_members_on_one_seed_lose_no_entry(tmp_path, monkeypatch):
+    """Each reads the members, then writes its own after them (the CLI writes the stack file in place): without
+    taking turns, the second write lands on the first's index and one entry is lost."""
+    import threading
+
+    from pulumi.automation import ConfigValue
+
+    monkeypatch.setattr("federation.locks.STATE_DIRECTORY", tmp_path)
+    written: dict[str, str] = {}
+    automation = _AutomationStack([], [])
+
+    def read():
+        time.sleep(0.05)  # a CLI call
+        listed = [written[k] for k in sorted(written, key=lambda k: int(k.split("[")[1][:-1]))]
+        return {"crdb-federation:members": ConfigValue(json.dumps(listed))} if listed else {}
+
+    def write(config, path):
+        time.sleep(0.05)
+        written.update({k: v.value for k, v in config.items()})
+
+    automation.get_all_config, automation.set_all_config = read, write
+    seed = PulumiStack("seed", automation_stack=automation)
+    joins = [threading.Thread(target=seed.add_members, args=([stack],)) for stack in ("o/p/a", "o/p/b")]
+    for thread in joins:
+        thread.start()
+    for thread in joins:
+        thread.join()
+    assert sorted(written.values()) == ["o/p/a", "o/p/b"]
+
+
 def test_the_seed_admits_a_whole_batch_in_one_config_call_after_those_it_lists():
     from pulumi.automation import ConfigValue
 

@@ -16,7 +16,8 @@ from pulumi.automation.events import EngineEvent
 from components.signature import (
     _SignatureWaitProvider, requests_digest, signature_file, wait_for_signature, write_signature,
 )
-from federation.runner import CSR_TYPE, Run, Signer, join
+from components.settings import EARLY_REQUESTS_VARIABLE
+from federation.runner import CSR_TYPE, PulumiStack, Run, Signer, join
 from tests.fake_stacks import FakeStack
 from tests.fakes import FakeCloud
 from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, outputs_of, pinned_to, run_program
@@ -63,8 +64,9 @@ def early_signing_seed(waiting_member):
     """The seed's up given the member's requests early: the member stack has exported nothing yet."""
     requests = outputs_of(waiting_member)["certificateRequests"]
     early = {MEMBER_STACK: {"member": "vexxhost", **requests}}
-    return run_program({**SEED, "members": [MEMBER_STACK], "earlyRequests": json.dumps(early)}, stack="seed",
-                       secrets=SEED_SECRETS, stack_outputs={MEMBER_STACK: {}})
+    # The tool's signing up: the member is admitted for this run alone, by its early requests (not in members).
+    return run_program(SEED, stack="seed", secrets=SEED_SECRETS, stack_outputs={MEMBER_STACK: {}},
+                       environment={EARLY_REQUESTS_VARIABLE: json.dumps(early)})
 
 
 def test_the_seed_signs_early_requests_and_lists_the_members_addresses_once_it_exports_them(
@@ -81,8 +83,8 @@ def test_early_requests_are_checked_as_published_ones_are(waiting_member):
     requests = outputs_of(waiting_member)["certificateRequests"]
     forged = {MEMBER_STACK: {"member": "vexxhost", "node": _request_for("root"), "client": requests["client"]}}
     with pytest.raises(Exception, match="its node request is for CN='root'"):
-        run_program({**SEED, "members": [MEMBER_STACK], "earlyRequests": json.dumps(forged)}, stack="seed",
-                    secrets=SEED_SECRETS, stack_outputs={MEMBER_STACK: {}})
+        run_program(SEED, stack="seed", secrets=SEED_SECRETS, stack_outputs={MEMBER_STACK: {}},
+                    environment={EARLY_REQUESTS_VARIABLE: json.dumps(forged)})
 
 
 def _request_for(common_name: str) -> str:
@@ -162,9 +164,6 @@ class BatchingSeed(FakeStack):
         self.members += added
         return added
 
-    def remove_members(self, stacks):
-        self.members = [s for s in self.members if s not in stacks]
-
     def set_early_requests(self, requests):
         self.early = dict(requests)
 
@@ -233,3 +232,34 @@ def test_a_batch_the_seed_fails_to_sign_ends_the_waits_and_drops_members_that_ne
     assert member.found["refused"].startswith("the seed's up did not sign it")
     assert run.progress["a"].status == "failed"
     assert seed.members == [] and seed.early == {}
+
+
+def test_early_requests_reach_the_seeds_engine_through_its_environment_alone():
+    """A tool killed mid-join (SIGKILL, a CI timeout) left them in the tracked stack file, where they beat the
+    members' own requests in every later seed `up`: they are no config at all now."""
+    cli_calls = []
+    workspace = SimpleNamespace(env_vars={}, _run_pulumi_cmd_sync=lambda args: cli_calls.append(args))
+    automation = SimpleNamespace(workspace=workspace, set_config=lambda *a, **k: cli_calls.append(("set", a)),
+                                 set_all_config=lambda *a, **k: cli_calls.append(("set-all", a)))
+    seed = PulumiStack("seed", automation_stack=automation)
+    early = {MEMBER_STACK: {"member": "vexxhost", "node": "n", "client": "c"}}
+    seed.set_early_requests(early)
+    assert json.loads(workspace.env_vars[EARLY_REQUESTS_VARIABLE]) == early and cli_calls == []
+    seed.set_early_requests({})
+    assert workspace.env_vars == {} and cli_calls == []
+
+
+def test_the_signer_writes_nothing_into_the_seeds_stack_file(tmp_path):
+    seed = BatchingSeed()
+    members = [EarlyMember("a", 0.0, tmp_path)]
+    with Signer(Run(["a"], "up", tmp_path / "logs"), seed, members, tmp_path) as signer:
+        for member in members:
+            member.run("up", lambda event: signer.on_event(member.name, event), lambda line: None)
+    assert seed.members == [] and seed.early == {}
+    assert members[0]._outputs["found"]["node"] == f"signed {members[0].requests['node']}"
+
+
+def test_early_requests_an_earlier_tool_left_in_the_seeds_stack_file_are_refused_by_name():
+    with pytest.raises(Exception, match=r"crdb-federation:earlyRequests = \(requests\): expected no such key in the "
+                                        r"stack file: .*pulumi config rm earlyRequests"):
+        run_program({**SEED, "earlyRequests": "{}"}, stack="seed", secrets=SEED_SECRETS)
