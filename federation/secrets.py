@@ -53,10 +53,19 @@ def stack_environments(stacks: Sequence[str], directory: Path, *, one_passphrase
         if secrets_provider(stack, root):
             environments[stack] = {}
         elif path.is_file():
+            _refuse_if_others_can_read(path)
             environments[stack] = {"PULUMI_CONFIG_PASSPHRASE_FILE": str(path)}
         else:
             missing.append(stack)
     return environments, missing
+
+
+def _refuse_if_others_can_read(path: Path) -> None:
+    """A passphrase decrypts every secret of its stack (CA keys, kubeconfig): one that others may read is no secret."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretsSetupError(f"{path} has mode {mode:04o}: others on this machine can read the stack's passphrase; "
+                                f"chmod 600 {path}")
 
 
 def what_to_do(missing: Sequence[str], directory: Path) -> str:

@@ -507,11 +507,24 @@ def test_preflight_command_prints_the_table_writes_json_and_exits_1_on_a_failure
                                   "a flavor with at least 3 vCPU and 5120 MiB")]
     monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, parallel, environments, passphrases: findings)
     (tmp_path / "otc.passphrase").write_text("otc's own")
+    (tmp_path / "otc.passphrase").chmod(0o600)
     code = tool.main(["preflight", "otc", "--my-address", "198.18.0.10", "--json", str(tmp_path / "f.json"),
                       "--passphrases", str(tmp_path)])
     assert code == 1
     assert json.loads((tmp_path / "f.json").read_text())[0]["found"] == "m1.small: 1 vCPU, 2048 MiB"
     assert "preflight failed: otc" in capsys.readouterr().out
+
+
+def test_a_passphrase_file_others_can_read_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from federation import __main__ as tool
+
+    monkeypatch.setattr(tool, "require_pulumi_cli", lambda: None)
+    (tmp_path / "otc.passphrase").write_text("otc's own")
+    (tmp_path / "otc.passphrase").chmod(0o644)
+    assert tool.main(["orphans", "otc", "--passphrases", str(tmp_path)]) != 0
+    said = capsys.readouterr()
+    assert f"{tmp_path / 'otc.passphrase'} has mode 0644: others on this machine can read the stack's passphrase; " \
+           f"chmod 600 {tmp_path / 'otc.passphrase'}" in said.out + said.err
 
 
 def test_every_stack_the_tool_runs_needs_a_secrets_provider_of_its_own(tmp_path, monkeypatch, capsys):
@@ -524,6 +537,7 @@ def test_every_stack_the_tool_runs_needs_a_secrets_provider_of_its_own(tmp_path,
     error = capsys.readouterr().err
     assert code == 2 and f"otc ({tmp_path}/otc.passphrase), zte ({tmp_path}/zte.passphrase)" in error
     (tmp_path / "otc.passphrase").write_text("otc's own")
+    (tmp_path / "otc.passphrase").chmod(0o600)
     assert secrets.stack_environments(["otc", "zte"], tmp_path, one_passphrase=False) == (
         {"otc": {"PULUMI_CONFIG_PASSPHRASE_FILE": str(tmp_path / "otc.passphrase")}}, ["zte"])
     # A demo run by one operator says so explicitly.
@@ -539,6 +553,7 @@ def test_preflight_reports_a_stack_without_a_secrets_provider_of_its_own_as_that
     monkeypatch.setattr(preflight, "run_preflight", lambda stacks, root, my_address, parallel, environments,
                         passphrases: seen.update(environments=environments, passphrases=passphrases) or [])
     (tmp_path / "otc.passphrase").write_text("otc's own")
+    (tmp_path / "otc.passphrase").chmod(0o600)
     assert tool.main(["preflight", "otc", "zte", "--my-address", "198.18.0.10", "--passphrases", str(tmp_path)]) == 0
     assert seen == {"environments": {"otc": {"PULUMI_CONFIG_PASSPHRASE_FILE": str(tmp_path / "otc.passphrase")}},
                     "passphrases": tmp_path}
@@ -557,8 +572,10 @@ def test_join_leaves_out_a_member_without_a_secrets_provider_of_its_own_and_need
     arguments = ["join", "otc", "zte", "--skip-preflight", "--no-dashboard", "--passphrases", str(tmp_path),
                  "--runs-dir", str(tmp_path / "runs")]
     (tmp_path / "otc.passphrase").write_text("otc's own")
+    (tmp_path / "otc.passphrase").chmod(0o600)
     assert tool.main(arguments) == 2 and f"seed ({tmp_path}/seed.passphrase)" in capsys.readouterr().err
     (tmp_path / "seed.passphrase").write_text("the seed's own")
+    (tmp_path / "seed.passphrase").chmod(0o600)
     assert tool.main(arguments) == 0
     progress = started["run"].progress
     assert progress["otc"].status == "waiting"
@@ -581,6 +598,7 @@ def test_join_leaves_out_a_member_whose_stack_file_the_cli_would_refuse(tmp_path
     monkeypatch.setattr(stack_config, "resolve", broken_zte)
     for stack in ("seed", "otc"):
         (tmp_path / f"{stack}.passphrase").write_text(f"{stack}'s own")
+        (tmp_path / f"{stack}.passphrase").chmod(0o600)
     assert tool.main(["join", "otc", "zte", "--skip-preflight", "--no-dashboard", "--passphrases", str(tmp_path),
                       "--runs-dir", str(tmp_path / "runs")]) == 0
     progress = started["run"].progress

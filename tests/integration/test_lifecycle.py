@@ -245,6 +245,7 @@ def test_a_member_whose_secrets_provider_decrypts_the_seeds_secrets_fails_prefli
     shared = tmp_path / "passphrases"
     shared.mkdir()
     (shared / f"{member}.passphrase").write_text(passphrase(SEED))  # the seed's, by mistake
+    (shared / f"{member}.passphrase").chmod(0o600)
     path = project.directory / "preflight-shared.json"
     project.tool("preflight", member, "--my-address", "198.18.0.10", "--json", str(path), "--passphrases", str(shared))
     [check] = [f for f in json.loads(path.read_text()) if f["check"] == "Secrets"]
