@@ -152,7 +152,9 @@ def render_start_script(spec: CockroachSpec) -> str:
         # the key and CAs before the first signature), peers would refuse it. Mounted files follow updates.
         'until [ "${signed:-}" = signed ] && [ -s "$certs/node.crt" ] && [ -s "$certs/client.node.crt" ]; do',
         '  echo "crdb-federation: waiting for the seed to sign the certificates of ${NODE_NAME}"',
-        '  sleep "${CERT_CHECK_SECONDS:-60}"',
+        # In the background and waited for: bash runs a trap only once its foreground command ends (bash(1),
+        # SIGNALS), and `wait` returns at once on a trapped signal, so a stop takes effect at once.
+        '  sleep "${CERT_CHECK_SECONDS:-60}" & wait "$!" || true',
         '  read -r public_ip private_ip signed < "$address_file" || true',
         "done",
         'join=$(tr -d "[:space:]" < "$join_file")',

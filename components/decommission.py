@@ -13,15 +13,23 @@ moves each replica once, not once per node) after checking that the whole cloud 
 Credential: the member's own node client certificate (user `node`), which it holds anyway to run its
 nodes; no CA key and no `root` certificate. `node` is CockroachDB's internal superuser, so this is all a
 member's operator can do in the cluster anyway, never more.
+
+Where the SQL goes: `cockroach node decommission` drains every target before it marks it decommissioned, and a
+drained node closes its SQL connections and refuses new ones (pkg/cli/node.go runDecommissionNodeImpl,
+pkg/sql/pgwire/server.go). So every statement of a removal (the check, the lease, the final memberships and
+the release) goes through a node that stays, in a session of its own before and after the job; when the
+operator's machine reaches no such node, the removal refuses before it starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
 import time
 import urllib.error
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Optional, Sequence
 
 import pulumi
@@ -80,16 +88,29 @@ LEASE_TABLE = "crdb_federation.decommissions"
 LEASE_SCHEMA = ("CREATE DATABASE IF NOT EXISTS crdb_federation",
                 f"CREATE TABLE IF NOT EXISTS {LEASE_TABLE} (holder STRING PRIMARY KEY, addresses STRING[] NOT NULL, "
                 "expires TIMESTAMPTZ NOT NULL)")
+# First in the transaction: a cluster or role whose default isolation is READ COMMITTED would let two removals
+# each miss the other's lease (write skew); SERIALIZABLE makes one of them retry (cockroachdb/cockroach#118479).
+SERIALIZABLE_SQL = "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"
 OTHER_LEASES_SQL = f"SELECT addresses FROM {LEASE_TABLE} WHERE holder != %s AND expires > now()"
 TAKE_LEASE_SQL = (f"UPSERT INTO {LEASE_TABLE} (holder, addresses, expires) "
                   "VALUES (%s, %s, now() + %s * INTERVAL '1 second')")
 RELEASE_LEASE_SQL = f"DELETE FROM {LEASE_TABLE} WHERE holder = %s"
 LEASE_ATTEMPTS = 5
+# v26.2 closes crdb_internal to client sessions unless they opt in (docs: session variables,
+# allow_unsafe_internals, default off; pkg/sql/unsafesql CheckInternalsAccess).
+ALLOW_INTERNALS_SQL = "SET allow_unsafe_internals = true"
 
 
-def plan_under_lease(connection: Any, holder: str, addresses: Sequence[str], seconds: int) -> list[Node]:
+@dataclass(frozen=True)
+class LeasePlan:
+    """This removal's targets, and the advertised addresses other removals hold leases on."""
+    targets: list[Node]
+    leaving: frozenset[str]
+
+
+def plan_under_lease(connection: Any, holder: str, addresses: Sequence[str], seconds: int) -> LeasePlan:
     """plan_decommission, with the nodes other removals are taking away counted as gone, and a lease on
-    this removal's own targets taken in the same transaction."""
+    this removal's own targets taken in the same transaction (a rerun with nothing left drops its old one)."""
     from psycopg.errors import SerializationFailure
 
     for statement in LEASE_SCHEMA:
@@ -97,40 +118,69 @@ def plan_under_lease(connection: Any, holder: str, addresses: Sequence[str], sec
     for _ in range(LEASE_ATTEMPTS):
         try:
             with connection.transaction():
+                connection.execute(SERIALIZABLE_SQL)
                 leaving = {a for (held,) in connection.execute(OTHER_LEASES_SQL, (holder,)).fetchall() for a in held}
                 targets = plan_decommission(read_nodes(connection), addresses, read_replication_factor(connection),
                                             leaving=leaving)
                 if targets:
                     connection.execute(TAKE_LEASE_SQL, (holder, [t.address for t in targets], seconds))
-            return targets
+                else:
+                    connection.execute(RELEASE_LEASE_SQL, (holder,))
+            return LeasePlan(targets, frozenset(leaving))
         except SerializationFailure:
             continue
     raise DecommissionRefused(f"another removal kept changing the cluster's leases ({LEASE_ATTEMPTS} attempts); "
                               "nothing was deleted. Run it again.")
 
 
+def hosts_that_stay(hosts: Sequence[str], leaving: Collection[str]) -> list[str]:
+    """The SQL hosts (a node's advertised host) whose node is not among the `leaving` advertised addresses."""
+    return [h for h in hosts if f"{h}:{COCKROACH_PORT}" not in leaving]
+
+
+def sql_addresses(hosts: Sequence[str]) -> str:
+    return ", ".join(f"{h}:{COCKROACH_SQL_PORT}" for h in hosts)
+
+
+def first_session(hosts: Sequence[str], connect: Callable[[str], Any]) -> Any:
+    """A session through the first of `hosts` that answers, opened to crdb_internal; ConnectionError lists what
+    each one said."""
+    import psycopg
+
+    seen = []
+    for host in hosts:
+        connection = None
+        try:
+            connection = connect(host)
+            connection.execute(ALLOW_INTERNALS_SQL)
+            return connection
+        except (psycopg.Error, OSError) as error:
+            if connection is not None:
+                connection.close()
+            seen.append(f"{host}:{COCKROACH_SQL_PORT}: {first_line(error)}")
+    raise ConnectionError("; ".join(seen) or "no SQL address to try")
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class SqlEndpoint:
     """Connects as `node` with the member's node client certificate, verifying the node CA."""
 
-    def __init__(self, hosts: Sequence[str], ca_pem: str, cert_pem: str, key_pem: str, timeout: int = 10):
-        self.hosts, self.ca_pem, self.cert_pem, self.key_pem, self.timeout = hosts, ca_pem, cert_pem, key_pem, timeout
+    def __init__(self, ca_pem: str, cert_pem: str, key_pem: str, timeout: int = 10):
+        self.ca_pem, self.cert_pem, self.key_pem, self.timeout = ca_pem, cert_pem, key_pem, timeout
 
-    def connect(self):
+    def connect(self, host: str):
         import psycopg
 
-        seen = []
         with tempfile.TemporaryDirectory(prefix="crdb-federation-") as directory:
             files = {name: write_private(os.path.join(directory, name), text) for name, text in (
                 ("ca.crt", self.ca_pem), ("client.crt", self.cert_pem), ("client.key", self.key_pem))}
-            for host in self.hosts:
-                try:
-                    return psycopg.connect(
-                        host=host, port=COCKROACH_SQL_PORT, user="node", dbname="system", autocommit=True,
-                        connect_timeout=self.timeout, sslmode="verify-full", sslrootcert=files["ca.crt"],
-                        sslcert=files["client.crt"], sslkey=files["client.key"])
-                except psycopg.Error as error:
-                    seen.append(f"{host}:{COCKROACH_SQL_PORT}: {str(error).strip().splitlines()[0]}")
-        raise ConnectionError("; ".join(seen) or "no SQL address to try")
+            return psycopg.connect(
+                host=host, port=COCKROACH_SQL_PORT, user="node", dbname="system", autocommit=True,
+                connect_timeout=self.timeout, sslmode="verify-full", sslrootcert=files["ca.crt"],
+                sslcert=files["client.crt"], sslkey=files["client.key"])
 
 
 def run_decommission_job(kube: KubeApi, manifest: dict[str, Any], timeout: float,
@@ -163,13 +213,14 @@ def run_decommission_job(kube: KubeApi, manifest: dict[str, Any], timeout: float
         sleep(POLL_SECONDS)
 
 
-def decommission_host(nodes: Sequence[Node], targets: Sequence[Node], own: Sequence[tuple[str, str]]) -> str:
-    """The RPC address of a live node that is not leaving (a decommissioned node refuses connections; the docs
-    ask for "--host={address of any live node}"): one of this cloud's own by its private address, where
-    floating IPs may not hairpin, else another cloud's as it advertises itself. `own`: (advertised address,
-    private IP) of this cloud's nodes."""
-    leaving = {t.address for t in targets}
-    serving = {n.address for n in nodes if n.serving and n.address not in leaving}
+def decommission_host(nodes: Sequence[Node], targets: Sequence[Node], own: Sequence[tuple[str, str]],
+                      leaving: Collection[str] = ()) -> str:
+    """The RPC address of a live node that is not leaving, by this removal or another one (a decommissioned node
+    refuses connections, a drained one closes them; the docs ask for "--host={address of any live node}"): one of
+    this cloud's own by its private address, where floating IPs may not hairpin, else another cloud's as it
+    advertises itself. `own`: (advertised address, private IP) of this cloud's nodes."""
+    gone = {t.address for t in targets} | set(leaving)
+    serving = {n.address for n in nodes if n.serving and n.address not in gone}
     for address, private_ip in own:
         if address in serving:
             return f"{private_ip}:{COCKROACH_PORT}"
@@ -180,51 +231,89 @@ def decommission_host(nodes: Sequence[Node], targets: Sequence[Node], own: Seque
     return others[0]
 
 
-def decommission(props: dict[str, Any], *, connect: Optional[Callable[[], Any]] = None,
+def decommission(props: dict[str, Any], *, connect: Optional[Callable[[str], Any]] = None,
                  run_job: Callable[..., None] = run_decommission_job, kube: Optional[Any] = None,
                  sleep: Callable[[float], None] = time.sleep) -> list[int]:
-    """The delete of a Decommission resource; returns the ids of the nodes it decommissioned. Properties
-    added since a resource was created are read with a default: its stored outputs may lack them."""
-    from .cockroach_manifests import render_decommission_job
-
+    """The delete of a Decommission resource; returns the ids of the nodes it decommissioned. `connect(host)` opens
+    a SQL connection to one host. Properties added since a resource was created are read with a default: its
+    stored outputs may lack them."""
     if props.get("force") or os.environ.get(FORCE_ENVIRONMENT, "").lower() in ("1", "true", "yes"):
         return []
     if not props.get("certPem"):
         # The seed never signed this stack's certificates: its nodes never started, so never joined.
         return []
-    endpoint = SqlEndpoint(props["sqlHosts"], props["caPem"], props["certPem"], props["keyPem"])
+    connect = connect or SqlEndpoint(props["caPem"], props["certPem"], props["keyPem"]).connect
+    holder = props.get("leaseHolder") or props["jobName"]
+    seconds = int(props["timeoutSeconds"])
+    which = ", ".join(props["addresses"])
+    why, then = (f"to ask whether {which} may go",
+                 f"Nothing was deleted. For nodes that never joined or were decommissioned by hand, set {FORCE_KEY} "
+                 f"true (or {FORCE_ENVIRONMENT}=true for this run).")
+    with _sql_step(why, then):
+        with _session_that_stays(props, props["addresses"], connect, why, then) as connection:
+            plan = plan_under_lease(connection, holder, props["addresses"], seconds)
+            nodes = read_nodes(connection) if plan.targets else []
+    if not plan.targets:
+        return []
+    ids = [t.node_id for t in plan.targets]
+    failure: Optional[Exception] = None
     try:
-        connection = (connect or endpoint.connect)()
+        _run_job(props, nodes, plan, ids, run_job, kube)
+    except Exception as error:  # the cluster's memberships decide below: the job's last RPC can fail at the end
+        failure = error
+    # A new session: the job may run for hours, and what stays may have changed meanwhile.
+    why, then = (f"to confirm the decommission of {which} and release the lease {holder}",
+                 f"Nothing was deleted; the lease expires by itself within {seconds}s. Run the removal again: it "
+                 "picks up where the cluster is.")
+    with _sql_step(why, then):
+        with _session_that_stays(props, {*props["addresses"], *plan.leaving}, connect, why, then) as connection:
+            left = _memberships(connection, ids)
+            connection.execute(RELEASE_LEASE_SQL, (holder,))
+    if all(state == "decommissioned" for state in left.values()):
+        return ids
+    if failure is not None:
+        raise failure
+    raise DecommissionRefused(f"after the decommission job, nodes are {left}, not all decommissioned; "
+                              "nothing was deleted")
+
+
+def _run_job(props: dict[str, Any], nodes: Sequence[Node], plan: LeasePlan, ids: Sequence[int],
+             run_job: Callable[..., None], kube: Optional[Any]) -> None:
+    from .cockroach_manifests import render_decommission_job
+
+    host = decommission_host(nodes, plan.targets, list(zip(props["ownAddresses"], props["rpcHosts"])), plan.leaving)
+    manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids, host,
+                                       int(props["timeoutSeconds"]), props.get("clusterName"))
+    run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
+
+
+def _session_that_stays(props: dict[str, Any], leaving: Collection[str], connect: Callable[[str], Any],
+                        why: str, then: str) -> Any:
+    """A SQL session through a node that neither this removal nor another takes away: a drained gateway closes
+    its sessions. Refuses, naming the addresses this machine must reach, when it reaches none of them."""
+    staying = hosts_that_stay(props["sqlHosts"], leaving)
+    if not staying:
+        raise DecommissionRefused(
+            f"no SQL address of a node that stays is known {why} (every one of "
+            f"{sql_addresses(props['sqlHosts']) or 'none'} is leaving). {then}")
+    try:
+        return first_session(staying, connect)
     except ConnectionError as error:
         raise DecommissionRefused(
-            f"cannot ask the cluster whether {', '.join(props['addresses'])} may go: {error}. Nothing was deleted. "
-            f"Run this from a machine in adminCidrs while the cluster answers; or, for nodes that never joined or "
-            f"were decommissioned by hand, set {FORCE_KEY} true (or {FORCE_ENVIRONMENT}=true for this run).") from None
-    with connection:
-        holder = props["jobName"]
-        targets = plan_under_lease(connection, holder, props["addresses"], int(props["timeoutSeconds"]))
-        if not targets:
-            return []
-        try:
-            ids = [t.node_id for t in targets]
-            host = decommission_host(read_nodes(connection), targets,
-                                     list(zip(props["ownAddresses"], props["rpcHosts"])))
-            manifest = render_decommission_job(props["namespace"], props["image"], props["jobName"], ids, host,
-                                               int(props["timeoutSeconds"]), props.get("clusterName"))
-            try:
-                run_job(kube or KubeApi(props["kubeconfig"]), manifest, float(props["timeoutSeconds"]))
-            except DecommissionRefused:
-                # The job's own connection can fail at the very end (the node it went through may be the last
-                # to leave): what counts is the membership the cluster reports.
-                if not all(state == "decommissioned" for state in _memberships(connection, ids).values()):
-                    raise
-        finally:
-            connection.execute(RELEASE_LEASE_SQL, (holder,))
-        left = _memberships(connection, ids)
-        if any(state != "decommissioned" for state in left.values()):
-            raise DecommissionRefused(f"after the decommission job, nodes are {left}, not all decommissioned; "
-                                      "nothing was deleted")
-        return ids
+            f"cannot reach the cluster {why}: no node that stays answered ({error}). This machine must reach the "
+            f"SQL port of one of them: {sql_addresses(staying)} (open to its cloud's sqlCidrs and adminCidrs). "
+            f"{then}") from None
+
+
+@contextlib.contextmanager
+def _sql_step(why: str, then: str):
+    """A lost connection or a failed statement becomes a refusal that says what was under way."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as error:
+        raise DecommissionRefused(f"lost the cluster's answer {why}: {first_line(error)}. {then}") from None
 
 
 def _memberships(connection: Any, ids: Sequence[int]) -> dict[int, str]:
@@ -260,6 +349,8 @@ class Decommission(dynamic.Resource):
             name,
             {
                 "jobName": f"decommission-{name}"[:63].rstrip("-"),
+                # Unique in the federation: in existing-cluster mode two members' nodes may share a name.
+                "leaseHolder": f"{own.stack}/{name}",
                 "addresses": addresses,
                 "ownAddresses": own.addresses,
                 "rpcHosts": own.private_ips,
@@ -282,10 +373,11 @@ class Decommission(dynamic.Resource):
 class OwnNodes:
     """What every Decommission of one stack shares: its nodes' addresses and its credentials."""
 
-    def __init__(self, *, addresses: pulumi.Input[Sequence[str]], private_ips: pulumi.Input[Sequence[str]],
+    def __init__(self, *, stack: str, addresses: pulumi.Input[Sequence[str]], private_ips: pulumi.Input[Sequence[str]],
                  sql_hosts: pulumi.Input[Sequence[str]], ca_pem: pulumi.Input[str],
                  cert_pem: pulumi.Input[Optional[str]], key_pem: pulumi.Input[str], kubeconfig: pulumi.Input[str],
                  namespace: str, image: str, cluster_name: str):
+        self.stack = stack  # the full stack name: unique in the federation
         self.addresses, self.private_ips, self.sql_hosts = addresses, private_ips, sql_hosts
         self.ca_pem, self.cert_pem, self.key_pem, self.kubeconfig = ca_pem, cert_pem, key_pem, kubeconfig
         self.namespace, self.image, self.cluster_name = namespace, image, cluster_name

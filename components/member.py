@@ -9,7 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .addresses import NodeAddresses
-from .cockroach import CockroachNodes
+from .cockroach import CockroachNodes, fully_qualified_stack
 from .cockroach_manifests import NODE_LABEL
 from .decommission import Decommission, OwnNodes
 from .kubernetes import ExistingCluster, InPlaceUpgrades, K3sCluster
@@ -99,9 +99,11 @@ class CloudMember(pulumi.ComponentResource):
         addresses = [n.public_ip.apply(lambda ip: f"{ip}:{COCKROACH_PORT}") for n in self.cluster.nodes]
         publics = pulumi.Output.all(*[n.public_ip for n in self.cluster.nodes])
         own = OwnNodes(
+            stack=fully_qualified_stack(),
             addresses=self.cockroach.join_addresses,
             private_ips=pulumi.Output.all(*[n.private_ip for n in self.cluster.nodes]),
-            # This cloud's own nodes first (their SQL port is open to adminCidrs), then the join list's.
+            # This cloud's own nodes first (their SQL port is open to adminCidrs), then the join list's; a removal
+            # goes only through those that stay (a whole cloud's, through another cloud's).
             sql_hosts=pulumi.Output.all(publics, trust.join).apply(lambda v: list(dict.fromkeys(
                 list(v[0]) + [split_address(a)[0] for a in v[1]]))),
             ca_pem=trust.ca_pem,

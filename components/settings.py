@@ -510,8 +510,11 @@ def _parse_kubernetes(r: _Reader, secrets: Mapping[str, pulumi.Output], network:
         if not re.match(r"^[-.a-zA-Z0-9/:*]+$", value):
             r.problem("noProxy", value, "host names, domains, IPs or CIDRs")
     os_upgrade = r.string("osUpgradeVersion")
-    r.matching("osUpgradeVersion", os_upgrade, re.compile(r"^[A-Za-z0-9][-_.A-Za-z0-9]{0,62}$"),
-               "a label of up to 63 letters, digits, '-', '_' and '.', e.g. 2026-12")
+    # The controller puts it in its Jobs' labels (system-upgrade-controller job.go, LabelVersion): a label value
+    # begins and ends with a letter or digit (apimachinery validation.go, IsValidLabelValue).
+    r.matching("osUpgradeVersion", os_upgrade, re.compile(r"\A[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?\Z"),
+               "a label of up to 63 letters, digits, '-', '_' and '.', beginning and ending with a letter or digit, "
+               "e.g. 2026-12")
     ntp_servers = r.string_list("ntpServers")
     for value in ntp_servers:
         if not (is_ip(value) or _HOST.match(value)):

@@ -7,14 +7,22 @@ works (k3s's unit has KillMode=process: restarting k3s leaves the pods running).
 `osUpgradeVersion` runs the distribution's upgrade the same way, and reboots a node only when the upgrade
 asks for it. The controller moves on as soon as a node's Job completes and uncordons the node then
 (system-upgrade-controller handle_batch.go), and drains skip DaemonSet pods, CockroachDB's among them: so
-the OS upgrade's own script is the health gate. It starts only when every CockroachDB node of the cloud is
-ready with no under-replicated or unavailable range, and after a reboot its Job completes only on the
-node's next boot, once that holds again. Pure renderers; the component lives in kubernetes.py.
+the OS plan's own prepare step is the health gate, and it runs before the controller cordons and drains the
+node (job.go: the prepare init container, then the drain one), so a gate that fails leaves the node
+schedulable. It passes only when every CockroachDB node of the cloud is ready and, asked through this node's
+own CockroachDB, every node of the cluster is live and no range anywhere is under-replicated or unavailable;
+after a reboot the Job's next pod passes the same gate before it completes. Pure renderers; the component
+lives in kubernetes.py.
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, Optional, Sequence
+
+from .cockroach_manifests import APP, CERTS_DIR, COCKROACH_BIN
+from .decommission import ALLOW_INTERNALS_SQL
+from .settings import COCKROACH_SQL_PORT
 
 NAMESPACE = "system-upgrade"
 CONTROLLER = "system-upgrade-controller"
@@ -32,37 +40,76 @@ HEALTH_WAIT_SECONDS = 1800
 NODES_ENV = "CRDB_NODES"
 
 
-def os_upgrade_script(http_port: int) -> str:
-    """Runs on the node itself (the controller mounts the host's root at /host; its Job pods use the host's
-    network). CockroachDB's /health?ready=1 and /_status/vars need no authentication (CockroachDB docs:
-    monitoring-and-alerting, cluster-api; the metrics ranges_underreplicated and ranges_unavailable)."""
+# The cluster's own view, through SQL. A range's under-replicated and unavailable counts are kept only by its
+# leaseholder, or its first live replica (pkg/kv/kvserver/replica_metrics.go calcRangeCounter): this cloud's
+# nodes alone miss the ranges they hold a replica of but do not lead. Summed over every store of the cluster
+# (crdb_internal.kv_store_status, as `cockroach node status --ranges` sums them, pkg/cli/node.go), each range
+# counts once; and a member node that is not live (as `cockroach node status` reads liveness) holds replicas
+# that another reboot could take below quorum. Both must be 0.
+GATE_SQL = (
+    "SELECT (SELECT count(*) FROM crdb_internal.gossip_liveness AS l "
+    "LEFT JOIN crdb_internal.gossip_nodes AS n USING (node_id) "
+    "WHERE l.membership != 'decommissioned' AND NOT ifnull(n.is_live, false)) AS nodes_not_live, "
+    "(SELECT ifnull(sum((metrics->>'ranges.underreplicated')::DECIMAL + (metrics->>'ranges.unavailable')::DECIMAL), 0)"
+    "::INT FROM crdb_internal.kv_store_status) AS ranges_at_risk"
+)
+SQL_SECONDS = 60
+
+
+def cluster_query_command() -> str:
+    """GATE_SQL through the CockroachDB container of this very node (k3s's crictl, the pod's own binary and node
+    certificates): no credential leaves the pod, and SQL needs no port beyond the node itself."""
+    container = f"k3s crictl ps --quiet --label io.kubernetes.container.name={APP} | head -n 1"
+    sql = (f"{COCKROACH_BIN} sql --certs-dir={CERTS_DIR} --user=node --host=127.0.0.1:{COCKROACH_SQL_PORT} "
+           f"--format=csv --execute={shlex.quote(ALLOW_INTERNALS_SQL)} --execute={shlex.quote(GATE_SQL)}")
+    return "\n".join([
+        f"  container=$({container})",
+        '  [ -n "$container" ] || return 1',
+        f'  timeout {SQL_SECONDS} k3s crictl exec "$container" {sql}',
+    ])
+
+
+def os_upgrade_gate_script(http_port: int) -> str:
+    """The OS plan's prepare step, on the node itself (chroot into the host the controller mounts at /host; its Job
+    pods use the host's network). Waits until every CockroachDB node of this cloud is ready (/health?ready=1 needs
+    no authentication: CockroachDB docs, monitoring-and-alerting) and the cluster answers GATE_SQL with 0,0."""
     return "\n".join([
         "set -eu",
+        "cluster_answer() {",
+        cluster_query_command(),
+        "}",
         "healthy() {",
-        f'  for ip in ${NODES_ENV}; do',
+        f"  for ip in ${NODES_ENV}; do",
         f'    curl -fsk --max-time 5 "https://$ip:{http_port}/health?ready=1" >/dev/null || return 1',
-        f'    vars=$(curl -fsk --max-time 5 "https://$ip:{http_port}/_status/vars") || return 1',
-        "    printf '%s\\n' \"$vars\" | awk '/^ranges_(underreplicated|unavailable)[{ ]/ && $NF + 0 > 0 { bad = 1 }"
-        " END { exit bad }' || return 1",
         "  done",
+        "  answer=$(cluster_answer) || return 1",
+        "  [ \"$(printf '%s\\n' \"$answer\" | tail -n 1)\" = 0,0 ]",
         "}",
         "waited=0",
         "until healthy; do",
         f'  if [ "$waited" -ge {HEALTH_WAIT_SECONDS} ]; then',
-        f'    echo "crdb-federation: CockroachDB is not healthy on every node of this cloud after {HEALTH_WAIT_SECONDS}s;'
-        ' not upgrading $(hostname)" >&2',
+        f'    echo "crdb-federation: the cluster is not healthy (every node live, no under-replicated or unavailable'
+        f' range) after {HEALTH_WAIT_SECONDS}s; not upgrading $(hostname), which stays schedulable" >&2',
         "    exit 1",
         "  fi",
         "  sleep 10",
         "  waited=$((waited + 10))",
         "done",
+        "",
+    ])
+
+
+def os_upgrade_script() -> str:
+    """The OS plan's upgrade step, once the gate passed and the node is drained."""
+    return "\n".join([
+        "set -eu",
         "export DEBIAN_FRONTEND=noninteractive",
         "apt-get update",
         "apt-get -y -o Dpkg::Options::=--force-confold dist-upgrade",
         "if [ -f /var/run/reboot-required ]; then",
         "  systemctl reboot",
         # systemctl returns at once: the Job must not complete before the node is back. The reboot ends this
-        # pod; the Job's next pod finds nothing to reboot once the node is healthy again.
+        # pod; the Job's next pod passes the gate once the cluster is healthy again and finds nothing to reboot.
         "  sleep 3600",
         "  exit 1",
         "fi",
@@ -242,15 +289,20 @@ def render_k3s_plans(k3s_version: str) -> list[dict[str, Any]]:
 
 
 def render_os_plan(os_version: str, node_ips: Sequence[str], http_port: int) -> dict[str, Any]:
-    """Every node, one at a time, behind the health gate of os_upgrade_script. `node_ips`: this cloud's nodes
-    (an env of the upgrade container; the Plan's hash is its version and service account, types.go /
-    plan.go DigestStatus, so a new node changes no node's upgrade)."""
-    upgrade = {"image": OS_UPGRADE_IMAGE, "command": ["chroot", "/host"],
-               "args": ["sh", "-c", os_upgrade_script(http_port)],
-               "envs": [{"name": NODES_ENV, "value": " ".join(node_ips)}]}
+    """Every node, one at a time: the gate of os_upgrade_gate_script as the prepare step (before the cordon and the
+    drain), then the upgrade. `node_ips`: this cloud's nodes (an env of the prepare container; the Plan's hash is
+    its version and service account, types.go / plan.go DigestStatus, so a new node changes no node's upgrade)."""
+    host = {"image": OS_UPGRADE_IMAGE, "command": ["chroot", "/host"]}
+    prepare = {**host, "args": ["sh", "-c", os_upgrade_gate_script(http_port)],
+               "envs": [{"name": NODES_ENV, "value": " ".join(node_ips)}],
+               # The controller makes only the upgrade container privileged by default (job.go); the gate needs
+               # the host's containerd socket for crictl.
+               "securityContext": {"privileged": True}}
+    upgrade = {**host, "args": ["sh", "-c", os_upgrade_script()]}
     return _plan("os-upgrade", os_version, {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In",
                                                                  "values": ["linux"]}]},
-                 upgrade, jobActiveDeadlineSecs=OS_UPGRADE_DEADLINE_SECONDS, postCompleteDelay="2m",
+                 upgrade, prepare=prepare, jobActiveDeadlineSecs=OS_UPGRADE_DEADLINE_SECONDS,
+                 postCompleteDelay="2m",
                  # Other pods move away; DaemonSet pods (CockroachDB's) stay and stop with the node's graceful
                  # shutdown when it reboots (the kubelet drop-in of components/cloudinit.py).
                  drain={"force": True, "ignoreDaemonSets": True, "skipWaitForDeleteTimeout": 300})

@@ -4,16 +4,19 @@
 - pulumi-tls is faked with real cryptography: keys, CA certificates, CSRs and signatures are real,
   so tests verify actual chains, not strings.
 - A StackReference answers with the outputs registered for its stack name.
+- FakeCluster: a CockroachDB cluster's SQL sessions, drain, decommission, liveness and range metrics, each
+  behaviour after the upstream code it names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 import pulumi
 from pulumi.runtime.mocks import MockMonitor
@@ -290,3 +293,315 @@ class FakeCloud(pulumi.runtime.Mocks):
         found = self.of_type(suffix)
         assert len(found) == 1, f"expected one {suffix}, got {[r.name for r in found]}"
         return found[0]
+
+
+# --- CockroachDB as its SQL and HTTP interfaces show it (the decommission and OS upgrade tests) ---------------
+# CockroachDB cannot run here. These fakes answer the statements the program sends with what a v26.2 cluster
+# answers, and each behaviour names the upstream code it imitates.
+
+# pkg/sql/pgwire/server.go: the texts a draining node answers with (both with pgcode AdminShutdown, 57P01).
+ERR_DRAINING_NEW_CONN = "server is not accepting clients, try another node"
+ERR_DRAINING_EXISTING_CONN = "server is shutting down"
+# pkg/sql/sqlerrors ErrUnsafeTableAccess (pgcode 42501), as pkg/sql/unsafesql's tests match it.
+ERR_UNSAFE_TABLE_ACCESS = "Access to crdb_internal and system is restricted"
+
+
+@dataclass
+class FakeNode:
+    node_id: int
+    address: str  # the advertised RPC address, <public ip>:26257; its SQL port is on the same host
+    locality: str = ""
+    is_live: bool = True
+    membership: str = "active"
+    private_ip: str = ""
+    draining: bool = False
+    started_at: Any = None
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class FakeRange:
+    range_id: int
+    replicas: tuple[int, ...]  # node ids (one store per node)
+    leaseholder: int
+
+
+@dataclass
+class _FakeTransaction:
+    isolation: str
+    statements: int = 0
+    read_version: Optional[int] = None
+    writes: dict = field(default_factory=dict)  # holder -> addresses, None: deleted
+
+
+class FakeCluster:
+    """Nodes, ranges and the decommission lease table of one cluster; `connect(host)` opens a SQL session through
+    the node whose SQL port is at `host`, as the operator's machine (or a node's own client) would."""
+
+    # v26.2 session-variables docs: allow_unsafe_internals defaults to off.
+    unsafe_internals_default = False
+
+    def __init__(self, nodes: list[FakeNode], *, factor: int = 3, leases: Optional[dict] = None,
+                 ranges: tuple[FakeRange, ...] = (), default_isolation: str = "serializable",
+                 reachable: Optional[set] = None):
+        self.nodes, self.factor, self.ranges = list(nodes), factor, tuple(ranges)
+        self.leases: dict[str, list[str]] = {k: list(v) for k, v in (leases or {}).items()}
+        self.lease_version = 0
+        self.default_isolation = default_isolation
+        # The hosts whose SQL port the operator's machine reaches (security groups); None: every host.
+        self.reachable = reachable
+        self.sessions: list["FakeSession"] = []
+        self.events: list[str] = []
+        self.conflicts = 0  # transactions to fail with a retry error at commit, as contention would
+        self.after_lease_read: Optional[Callable[[], None]] = None  # runs once, inside the reading transaction
+
+    def node(self, node_id: int) -> FakeNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def by_host(self, host: str) -> Optional[FakeNode]:
+        return next((n for n in self.nodes if host in (n.host, n.private_ip)), None)
+
+    # SQL sessions -----------------------------------------------------------------------------------------------
+    def connect(self, host: str) -> "FakeSession":
+        import psycopg
+
+        node = self.by_host(host)
+        if self.reachable is not None and host not in self.reachable:
+            raise psycopg.OperationalError(f'connection to server at "{host}", port 26258 failed: timeout expired')
+        if node is None or not node.is_live:
+            raise psycopg.OperationalError(f'connection to server at "{host}", port 26258 failed: Connection refused')
+        if node.draining:
+            # pkg/sql/pgwire/server.go ServeConn: a draining server rejects the connection with ErrDrainingNewConn.
+            raise psycopg.OperationalError(f'connection to server at "{host}", port 26258 failed: FATAL:  '
+                                           f"{ERR_DRAINING_NEW_CONN}")
+        session = FakeSession(self, node)
+        self.sessions.append(session)
+        return session
+
+    def drain(self, node_id: int) -> None:
+        """pkg/server/drain.go via pgwire Server.Drain: the node stops accepting SQL clients and cancels its
+        sessions; pkg/sql/pgwire/conn.go serveImpl then sends each ErrDrainingExistingConn and closes it."""
+        node = self.node(node_id)
+        node.draining = True
+        self.events.append(f"drain n{node_id}")
+        for session in self.sessions:
+            if session.gateway is node and not session.closed:
+                session.shut_down = True
+
+    def decommission(self, ids: list[int], through: str) -> None:
+        """`cockroach node decommission <ids> --host=<through>` as pkg/cli/node.go runDecommissionNodeImpl runs
+        it: mark DECOMMISSIONING, wait for no replicas, drain every live target but the node serving the request,
+        then mark DECOMMISSIONED."""
+        local = self.by_host(through.rsplit(":", 1)[0])
+        for node_id in ids:
+            self.node(node_id).membership = "decommissioning"
+        self.events.append("decommissioning " + " ".join(f"n{i}" for i in ids))
+        for node_id in ids:
+            node = self.node(node_id)
+            if node is not local and node.is_live:
+                self.drain(node_id)
+        for node_id in ids:
+            self.node(node_id).membership = "decommissioned"
+        self.events.append("decommissioned " + " ".join(f"n{i}" for i in ids))
+
+    # What the statements see ----------------------------------------------------------------------------------
+    def node_rows(self) -> list[tuple]:
+        # components/cluster.py NODES_SQL: crdb_internal.gossip_nodes joined with gossip_liveness.
+        return [(n.node_id, n.address, n.locality, n.started_at, n.is_live, n.membership) for n in self.nodes]
+
+    def range_counter(self, r: FakeRange) -> Optional[int]:
+        """pkg/kv/kvserver/replica_metrics.go calcRangeCounter: a range's metrics are counted by its leaseholder if
+        that node is live, else by its first live replica; by no node when none is live."""
+        if self.node(r.leaseholder).is_live:
+            return r.leaseholder
+        return next((i for i in r.replicas if self.node(i).is_live), None)
+
+    def store_metrics(self, node_id: int) -> dict[str, int]:
+        """The node's store metrics as /_status/vars and crdb_internal.kv_store_status give them: each range is
+        counted (under-replicated: fewer live replicas than the replication factor; unavailable: no live majority of
+        its replicas) only by its range counter (calcRangeCounter). A node that is down reports nothing new."""
+        metrics = {"ranges": 0, "ranges.underreplicated": 0, "ranges.unavailable": 0}
+        if not self.node(node_id).is_live:
+            return metrics
+        for r in self.ranges:
+            if self.range_counter(r) != node_id:
+                continue
+            live = sum(1 for i in r.replicas if self.node(i).is_live)
+            metrics["ranges"] += 1
+            metrics["ranges.underreplicated"] += live < self.factor  # the zone's num_replicas (GetNeededVoters)
+            metrics["ranges.unavailable"] += live <= len(r.replicas) // 2  # no live majority (CanMakeProgress)
+        return metrics
+
+    def prometheus_vars(self, node_id: int) -> str:
+        """/_status/vars (pkg/server/status/recorder.go PrintAsText): metric names with '.' as '_', per store."""
+        return "".join(f'{name.replace(".", "_")}{{store="{node_id}"}} {value}\n'
+                       for name, value in self.store_metrics(node_id).items())
+
+    def ready(self, node_id: int) -> bool:
+        """/health?ready=1 (pkg/server/admin.go Health, checkReadinessForHealthCheck): live and not draining."""
+        node = self.node(node_id)
+        return node.is_live and not node.draining
+
+    def gate_answer(self) -> tuple[int, int]:
+        """components/upgrades.py GATE_SQL: member nodes (not decommissioned) that are not live, as pkg/cli/node.go
+        runStatusNodeInner reads them (gossip_liveness LEFT JOIN gossip_nodes, ifnull(is_live, false)); and the
+        sum of every store's ranges.underreplicated and ranges.unavailable (crdb_internal.kv_store_status, as its
+        rangesQuery sums them)."""
+        not_live = sum(1 for n in self.nodes if n.membership != "decommissioned" and not n.is_live)
+        at_risk = sum(m["ranges.underreplicated"] + m["ranges.unavailable"]
+                      for m in (self.store_metrics(n.node_id) for n in self.nodes))
+        return not_live, at_risk
+
+    # Lease table transactions ---------------------------------------------------------------------------------
+    def commit(self, txn: _FakeTransaction) -> None:
+        from psycopg.errors import SerializationFailure
+
+        if self.conflicts:
+            self.conflicts -= 1
+            raise SerializationFailure("restart transaction: TransactionRetryWithProtoRefreshError")
+        if (txn.isolation == "serializable" and txn.read_version is not None and txn.writes
+                and self.lease_version > txn.read_version):
+            # pkg/kv/kvclient/kvcoord/txn_interceptor_span_refresher.go: a serializable transaction whose write was
+            # pushed above another's read must refresh its own reads; a newer write in that span fails the refresh
+            # (RETRY_SERIALIZABLE, 40001). READ COMMITTED reads per statement and never refreshes (RFC
+            # 20230122_read_committed_isolation.md): the write skew goes through.
+            raise SerializationFailure("restart transaction: TransactionRetryWithProtoRefreshError: "
+                                       "TransactionRetryError: retry txn (RETRY_SERIALIZABLE)")
+        self.apply(txn.writes)
+
+    def apply(self, writes: dict) -> None:
+        for holder, addresses in writes.items():
+            if addresses is None:
+                self.leases.pop(holder, None)
+            else:
+                self.leases[holder] = list(addresses)
+        if writes:
+            self.lease_version += 1
+
+
+class FakeSession:
+    """One psycopg connection to one node of a FakeCluster (execute/fetchall/fetchone/transaction/with)."""
+
+    def __init__(self, cluster: FakeCluster, gateway: FakeNode):
+        self.cluster, self.gateway = cluster, gateway
+        self.closed = self.shut_down = False
+        self.allow_unsafe_internals = cluster.unsafe_internals_default
+        self.txn: Optional[_FakeTransaction] = None
+        self.queries: list[str] = []
+        self._result: list = []
+
+    def _check_open(self) -> None:
+        import psycopg
+        from psycopg.errors import AdminShutdown
+
+        if self.shut_down:
+            # pkg/sql/pgwire/conn.go serveImpl: a draining server sends ErrDrainingExistingConn, then closes.
+            self.shut_down, self.closed = False, True
+            raise AdminShutdown(ERR_DRAINING_EXISTING_CONN)
+        if self.closed:
+            raise psycopg.OperationalError("the connection is closed")
+
+    def execute(self, sql: str, params: tuple = ()) -> "FakeSession":
+        from psycopg.errors import InsufficientPrivilege, InternalError_
+
+        from components.cluster import DEFAULT_ZONE_SQL, NODES_SQL
+        from components.decommission import LEASE_SCHEMA, OTHER_LEASES_SQL, RELEASE_LEASE_SQL, TAKE_LEASE_SQL
+
+        self._check_open()
+        self.queries.append(sql)
+        cluster, txn = self.cluster, self.txn
+        if "crdb_internal." in sql and not self.allow_unsafe_internals:
+            # pkg/sql/unsafesql CheckInternalsAccess: only internal sessions, or one that set
+            # allow_unsafe_internals, may read crdb_internal.
+            raise InsufficientPrivilege(f"{ERR_UNSAFE_TABLE_ACCESS}")
+        isolation = _isolation_set_by(sql)
+        if sql.startswith("SET allow_unsafe_internals"):
+            self.allow_unsafe_internals = sql.rstrip().endswith(("true", "on"))
+            self._result = []
+            return self
+        if isolation is not None:
+            if txn is None:
+                self._result = []
+                return self
+            if txn.statements and isolation != txn.isolation:
+                # pkg/kv/kvclient/kvcoord/txn_coord_sender.go SetIsoLevel, once the transaction has run.
+                raise InternalError_("cannot change the isolation level of a running transaction")
+            txn.isolation = isolation
+            self._result = []
+            return self
+        if txn is not None:
+            txn.statements += 1
+        if sql in LEASE_SCHEMA:
+            self._result = []
+        elif sql == OTHER_LEASES_SQL:
+            leases = dict(cluster.leases)
+            if txn is not None:
+                leases.update(txn.writes)
+                txn.read_version = cluster.lease_version
+            self._result = [(a,) for h, a in leases.items() if a is not None and h != params[0]]
+            if txn is not None and cluster.after_lease_read:
+                interleaved, cluster.after_lease_read = cluster.after_lease_read, None
+                interleaved()
+        elif sql in (TAKE_LEASE_SQL, RELEASE_LEASE_SQL):
+            write = {params[0]: list(params[1]) if sql == TAKE_LEASE_SQL else None}
+            if txn is not None:
+                txn.writes.update(write)
+            else:
+                cluster.apply(write)
+            self._result = []
+        elif sql == NODES_SQL:
+            self._result = cluster.node_rows()
+        elif sql == DEFAULT_ZONE_SQL:
+            self._result = [(f"ALTER RANGE default CONFIGURE ZONE USING\n\trange_min_bytes = 134217728,\n\t"
+                             f"num_replicas = {cluster.factor},\n\tgc.ttlseconds = 14400",)]
+        elif sql == _gate_sql():
+            self._result = [cluster.gate_answer()]
+        else:
+            raise AssertionError(f"the fake cluster does not know this statement: {sql}")
+        return self
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """psycopg's BEGIN … COMMIT; the transaction starts at the session's default isolation."""
+        self._check_open()
+        self.txn = _FakeTransaction(self.cluster.default_isolation)
+        try:
+            yield self
+            self._check_open()
+            self.cluster.commit(self.txn)
+        finally:
+            self.txn = None
+
+    def fetchall(self) -> list:
+        return self._result
+
+    def fetchone(self) -> Any:
+        return self._result[0] if self._result else None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> "FakeSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.close()
+        return False
+
+
+def _isolation_set_by(sql: str) -> Optional[str]:
+    """'serializable' or 'read committed' for SET TRANSACTION / BEGIN TRANSACTION ISOLATION LEVEL …, else None."""
+    words = " ".join(sql.upper().split())
+    for prefix in ("SET TRANSACTION ISOLATION LEVEL ", "BEGIN TRANSACTION ISOLATION LEVEL "):
+        if words.startswith(prefix):
+            return words[len(prefix):].rstrip(";").strip().lower()
+    return None
+
+
+def _gate_sql() -> Optional[str]:
+    from components import upgrades
+
+    return getattr(upgrades, "GATE_SQL", None)

@@ -1,6 +1,7 @@
 """CockroachDB renderers: the start script and jobs are executed (with a fake cockroach that records what
 it is given), scripts pass shellcheck, and every manifest passes strict Kubernetes OpenAPI validation."""
 
+import contextlib
 import json
 import os
 import signal
@@ -195,7 +196,8 @@ def test_scripts_pass_shellcheck():
     job = m.render_decommission_job("cockroachdb", s.image, "decommission-x", [4, 5], "10.20.0.11:26257", 3600,
                                     "crdb-federation")
     assert_shellcheck_clean(job["spec"]["template"]["spec"]["containers"][0]["command"][2], "bash")
-    assert_shellcheck_clean(upgrades.os_upgrade_script(8080), "sh")
+    assert_shellcheck_clean(upgrades.os_upgrade_gate_script(8080), "sh")
+    assert_shellcheck_clean(upgrades.os_upgrade_script(), "sh")
 
 
 def run_client_script(tmp_path, script, fake_body, **env):
@@ -381,61 +383,182 @@ def test_upgrade_plans_go_one_node_at_a_time_server_first():
     assert agent["spec"]["prepare"]["args"] == ["prepare", "k3s-server"]
     os_plan = upgrades.render_os_plan("2026-12", ["10.20.0.10", "10.20.0.11"], 8080)
     assert os_plan["spec"]["concurrency"] == 1 and os_plan["spec"]["drain"]["force"] is True
-    assert os_plan["spec"]["upgrade"]["command"] == ["chroot", "/host"]
+    assert os_plan["spec"]["upgrade"]["command"] == os_plan["spec"]["prepare"]["command"] == ["chroot", "/host"]
     # The controller's default Job deadline (900 s) cannot hold two health waits, apt and a reboot.
     assert os_plan["spec"]["jobActiveDeadlineSecs"] == 7200 and os_plan["spec"]["postCompleteDelay"] == "2m"
     # ContainerSpec's env field is `envs` (system-upgrade-controller v0.20.1 types.go).
-    assert os_plan["spec"]["upgrade"]["envs"] == [{"name": "CRDB_NODES", "value": "10.20.0.10 10.20.0.11"}]
+    assert os_plan["spec"]["prepare"]["envs"] == [{"name": "CRDB_NODES", "value": "10.20.0.10 10.20.0.11"}]
 
 
-def run_os_upgrade(tmp_path, *, health, reboot_required):
-    """The OS plan's script with fake curl (CockroachDB's HTTP endpoints), apt-get, systemctl and sleep."""
-    calls = tmp_path / "calls"
-    vars_text = "ranges_underreplicated{store=\"1\"} %s\nranges_unavailable{store=\"1\"} 0\n"
+# The OS plan's Job, run as the controller makes it, on vexxhost-k3s-1 (n8) in a federation of three clouds with
+# three nodes each. The fake commands answer from a FakeCluster (tests/fakes.py), state after state: each `sleep`
+# of the scripts moves to the next state, the last one stays.
+THIS_NODE = "vexxhost-k3s-1"
+VEX_PRIVATE = {7: "10.20.0.10", 8: "10.20.0.11", 9: "10.20.0.12"}
+
+
+def federation_cluster(*, down=(), lagging=False):
+    """Every range has a replica in each cloud. r1: on this node, its lease in seed (n1) and its otc replica on n4;
+    r2: led here (n7); with `lagging`, r3 (led by n9) has only two replicas while it is up-replicated."""
+    from tests.fakes import FakeCluster, FakeNode, FakeRange
+
+    clouds = {1: "seed", 2: "seed", 3: "seed", 4: "otc", 5: "otc", 6: "otc", 7: "vexxhost", 8: "vexxhost",
+              9: "vexxhost"}
+    nodes = [FakeNode(i, f"198.18.{(i - 1) // 3 + 1}.{(i - 1) % 3 + 1}:26257", f"cloud={cloud},region=r,zone=z",
+                      is_live=i not in down, private_ip=VEX_PRIVATE.get(i, "")) for i, cloud in clouds.items()]
+    ranges = [FakeRange(1, (1, 4, 8), 1), FakeRange(2, (7, 5, 2), 7),
+              FakeRange(3, (9, 6) if lagging else (9, 6, 3), 9)]
+    return FakeCluster(nodes, ranges=tuple(ranges))
+
+
+def cluster_answer_csv(cluster):
+    """What `cockroach sql --format=csv` prints for the gate's statements, answered by this node's CockroachDB."""
+    connection = cluster.connect("198.18.3.2")
+    connection.execute(upgrades.ALLOW_INTERNALS_SQL)
+    not_live, at_risk = connection.execute(upgrades.GATE_SQL).fetchone()
+    return f"nodes_not_live,ranges_at_risk\n{not_live},{at_risk}\n"
+
+
+def write_state(directory, cluster):
+    directory.mkdir(parents=True)
+    for node_id, ip in VEX_PRIVATE.items():
+        if cluster.ready(node_id):
+            (directory / f"ready-{ip}").write_text("")
+        (directory / f"vars-{ip}").write_text(cluster.prometheus_vars(node_id))
+    live_here = cluster.node(8).is_live
+    (directory / "container").write_text("c0ffee\n" if live_here else "")
+    if live_here:
+        (directory / "sql").write_text(cluster_answer_csv(cluster))
+
+
+FAKE_STATE = 'n=$(cat "$T/count"); [ -d "$T/states/$n" ] || n=$(cat "$T/last"); state="$T/states/$n"\n'
+FAKE_COMMANDS = {
+    # CockroachDB's HTTP endpoints, this cloud's nodes only (as the gate reaches them).
+    "curl": FAKE_STATE + 'url=""; for a in "$@"; do url=$a; done; echo "curl $url" >> "$T/calls"\n'
+                         'ip=${url#https://}; ip=${ip%%:*}\n'
+                         'case "$url" in *health*) [ -e "$state/ready-$ip" ] ;;\n'
+                         '  *_status/vars*) cat "$state/vars-$ip" ;; esac',
+    # k3s's crictl: the CockroachDB container of this node, and `cockroach sql` inside it.
+    "k3s": FAKE_STATE + 'echo "k3s $*" >> "$T/calls"\n'
+                        'case "$2" in ps) cat "$state/container" ;;\n'
+                        '  exec) [ -s "$state/sql" ] && cat "$state/sql" ;; esac',
+    "apt-get": 'echo "apt-get $*" >> "$T/calls"',
+    "systemctl": 'echo "systemctl $*" >> "$T/calls"',
+    "sleep": 'echo "sleep $*" >> "$T/calls"; echo $(($(cat "$T/count") + 1)) > "$T/count"',
+    "hostname": f"echo {THIS_NODE}",
+}
+
+
+def job_steps(plan):
+    """The Job pod's containers in the order system-upgrade-controller v0.20.1 pkg/upgrade/job/job.go makes them
+    ("first, we prepare", "then we cordon/drain": init containers, each run to success before the next), then the
+    upgrade container."""
+    spec = plan["spec"]
+    steps = [("prepare", spec["prepare"])] if spec.get("prepare") else []
+    if spec.get("drain") is not None or spec.get("cordon"):
+        steps.append(("drain" if spec.get("drain") is not None else "cordon", None))
+    return steps + [("upgrade", spec["upgrade"])]
+
+
+def run_os_upgrade_job(tmp_path, states, *, reboot_required):
+    """One pod of the OS plan's Job: each container's script with the fake commands; a drain (which cordons the
+    node) is recorded as `drain <node>`. Returns the last container's result and every call made."""
+    plan = upgrades.render_os_plan("2026-12", list(VEX_PRIVATE.values()), 8080)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fakes = {
-        "curl": (f'url=""; for a in "$@"; do url=$a; done; echo "curl $url" >> {calls}\n'
-                 f'state=$(head -n 1 {tmp_path}/health); '
-                 'case "$url" in *health*) [ "$state" != down ] ;; *_status/vars*) [ "$state" = lagging ] && '
-                 f"printf '{vars_text % 3}' || printf '{vars_text % 0}' ;; esac"),
-        "apt-get": f'echo "apt-get $*" >> {calls}',
-        "systemctl": f'echo "systemctl $*" >> {calls}; [ "$1" = reboot ] && exit 0',
-        "sleep": f'echo "sleep $*" >> {calls}; sed -i 1d {tmp_path}/health; [ -s {tmp_path}/health ] || exit 1',
-        "hostname": "echo vexxhost-k3s-1",
-    }
-    for name, body in fakes.items():
+    for name, body in FAKE_COMMANDS.items():
         (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
         (bin_dir / name).chmod(0o755)
-    (tmp_path / "health").write_text("\n".join(health) + "\n")
-    script = upgrades.os_upgrade_script(8080).replace("/var/run/reboot-required", str(tmp_path / "reboot-required"))
+    for index, cluster in enumerate(states):
+        write_state(tmp_path / "states" / str(index), cluster)
+    (tmp_path / "count").write_text("0")
+    (tmp_path / "last").write_text(str(len(states) - 1))
+    (tmp_path / "calls").write_text("")
     if reboot_required:
         (tmp_path / "reboot-required").write_text("")
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRDB_NODES": "10.20.0.10 10.20.0.11"}
-    # The unhealthy case runs 180 rounds of fakes (~1,500 processes): seconds idle, over 30 s on a loaded machine.
-    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=180)
-    return done, calls.read_text().splitlines() if calls.exists() else []
+    done = None
+    for name, container in job_steps(plan):
+        if container is None:
+            with open(tmp_path / "calls", "a") as calls:
+                calls.write(f"{name} {THIS_NODE}\n")
+            continue
+        assert container["command"] == ["chroot", "/host"] and container["args"][:2] == ["sh", "-c"]
+        script = container["args"][2].replace("/var/run/reboot-required", str(tmp_path / "reboot-required"))
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "T": str(tmp_path),
+               **{e["name"]: e["value"] for e in container.get("envs", [])}}
+        # The unhealthy case runs 180 rounds of fakes: seconds idle, over 30 s on a loaded machine.
+        done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            break
+    return done, (tmp_path / "calls").read_text().splitlines()
 
 
-def test_the_os_upgrade_waits_until_every_node_is_ready_and_fully_replicated(tmp_path):
-    done, calls = run_os_upgrade(tmp_path, health=["down", "lagging", "healthy"], reboot_required=False)
+def test_the_gate_asks_this_nodes_own_cockroachdb_with_its_node_certificate():
+    """The command the fakes stand in for: the DaemonSet's container on this node (its name), its binary, its
+    mounted node certificates (client.node.crt for user `node`), its SQL port on 127.0.0.1, which the node
+    certificate names; crdb_internal opened first (v26.2 docs: allow_unsafe_internals defaults to off)."""
+    import shlex
+
+    gate = upgrades.render_os_plan("2026-12", ["10.20.0.10"], 8080)["spec"]["prepare"]["args"][2]
+    daemonset = m.render_daemonset(spec())["spec"]["template"]["spec"]
+    assert "k3s crictl ps --quiet --label io.kubernetes.container.name=cockroachdb" in gate
+    assert daemonset["containers"][0]["name"] == "cockroachdb"
+    assert {"name": "certs", "mountPath": "/cockroach/cockroach-certs", "readOnly": True} in \
+        daemonset["containers"][0]["volumeMounts"] and "client.node.crt" in m.NODE_FILES
+    assert "127.0.0.1" in m.node_certificate_ips(NODES)
+    exec_line = next(line for line in gate.splitlines() if "crictl exec" in line)
+    assert shlex.split(exec_line)[1:] == [
+        "60", "k3s", "crictl", "exec", "$container", "/cockroach/cockroach", "sql",
+        "--certs-dir=/cockroach/cockroach-certs", "--user=node", "--host=127.0.0.1:26258", "--format=csv",
+        "--execute=SET allow_unsafe_internals = true", f"--execute={upgrades.GATE_SQL}"]
+
+
+def test_this_clouds_nodes_alone_miss_a_range_led_in_a_third_cloud():
+    """What cannot run here, held to the upstream source: pkg/kv/kvserver/replica_metrics.go calcRangeCounter counts
+    a range's under-replicated and unavailable metrics only on its live leaseholder (or first live replica). otc's n4
+    is down and r1's lease is in seed: every node of this cloud reports 0, though r1 has a replica on this node and
+    one more loss would take it below quorum. The whole cluster's stores, and its liveness, do tell."""
+    cluster = federation_cluster(down={4})
+    assert [cluster.store_metrics(i)["ranges.underreplicated"] for i in VEX_PRIVATE] == [0, 0, 0]
+    assert cluster.store_metrics(1)["ranges.underreplicated"] == 1
+    assert cluster_answer_csv(cluster) == "nodes_not_live,ranges_at_risk\n1,1\n"
+    assert cluster_answer_csv(federation_cluster()).endswith("\n0,0\n")
+
+
+def test_the_os_upgrade_waits_until_the_cluster_is_healthy(tmp_path):
+    states = [federation_cluster(down={9}), federation_cluster(lagging=True), federation_cluster()]
+    done, calls = run_os_upgrade_job(tmp_path, states, reboot_required=False)
     assert done.returncode == 0, done.stderr
     upgraded = calls.index("apt-get update")
     assert calls[:upgraded].count("sleep 10") == 2
-    assert "curl https://10.20.0.11:8080/_status/vars" in calls[:upgraded]
+    assert "curl https://10.20.0.12:8080/health?ready=1" in calls[:upgraded]
     assert "systemctl reboot" not in calls
+
+
+def test_a_node_is_not_rebooted_while_another_clouds_node_is_down_and_the_lease_is_in_a_third(tmp_path):
+    """Row 2 of issue 28: otc's n4 is down (its own OS upgrade), r1 has replicas here, on n4 and in seed, which
+    holds its lease. This cloud's own metrics are all 0; the gate waits until n4 is back."""
+    states = [federation_cluster(down={4}), federation_cluster(down={4}), federation_cluster()]
+    done, calls = run_os_upgrade_job(tmp_path, states, reboot_required=True)
+    upgraded = calls.index("apt-get update")
+    assert calls[:upgraded].count("sleep 10") == 2, calls
+    assert calls[-2:] == ["systemctl reboot", "sleep 3600"]
 
 
 def test_after_a_reboot_the_job_does_not_complete_before_the_node_is_back(tmp_path):
     # systemctl reboot returns at once: the script must not end (and the Job complete) after it.
-    done, calls = run_os_upgrade(tmp_path, health=["healthy", "healthy"], reboot_required=True)
+    done, calls = run_os_upgrade_job(tmp_path, [federation_cluster()], reboot_required=True)
     assert calls[-2:] == ["systemctl reboot", "sleep 3600"] and done.returncode != 0
 
 
-def test_an_unhealthy_cloud_is_not_upgraded(tmp_path):
-    done, calls = run_os_upgrade(tmp_path, health=["lagging"] * 200, reboot_required=True)
-    assert done.returncode == 1 and "not upgrading vexxhost-k3s-1" in done.stderr
-    assert not [c for c in calls if c.startswith("apt-get")]
+def test_an_unhealthy_cluster_is_neither_upgraded_nor_cordoned(tmp_path):
+    """Row 3 of issue 28: the gate is the prepare container, which the controller runs before the drain (job.go);
+    when it gives up, the node was never cordoned (the controller uncordons only after a completed Job,
+    handle_batch.go), and nothing was upgraded."""
+    done, calls = run_os_upgrade_job(tmp_path, [federation_cluster(lagging=True)], reboot_required=True)
+    assert f"drain {THIS_NODE}" not in calls, calls[:3]
+    assert done.returncode == 1 and f"not upgrading {THIS_NODE}, which stays schedulable" in done.stderr
+    assert not [c for c in calls if c.startswith(("apt-get", "systemctl"))]
 
 
 def test_upgrade_controller_rights_are_split_as_upstream_splits_them():
@@ -469,6 +592,24 @@ def test_a_stop_while_waiting_for_certificates_ends_the_container_at_once(tmp_pa
         assert process.wait(timeout=5) == 143
     finally:
         process.kill()
+
+
+def test_a_stop_while_waiting_for_certificates_is_not_held_by_the_check_interval(tmp_path):
+    """Row 6 of issue 28: bash runs a trap only once its foreground command has completed (bash(1), SIGNALS), so a
+    foreground `sleep 60` would hold a TERM for up to a minute. With the default interval, the script stops within
+    seconds."""
+    env = start_env(tmp_path, NODES[0].name, node_dirs(tmp_path, signed=False), CERT_CHECK_SECONDS="60")
+    process = subprocess.Popen(["/bin/bash", "-c", m.render_start_script(spec())], env=env, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        assert wait_for(lambda: "waiting for the seed" in (process.stdout.readline() or ""))
+        time.sleep(0.5)  # into the wait
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 143 and time.monotonic() - started < 5
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # with the sleep the script left behind
 
 
 def test_address_map_is_keyed_by_node_name():

@@ -1,5 +1,6 @@
-"""Decommission before delete: which nodes, when to refuse, and the whole delete against a fake SQL endpoint
-that answers with CockroachDB-shaped rows and a fake Kubernetes API that runs the job."""
+"""Decommission before delete: which nodes, when to refuse, and the whole delete against a fake cluster that
+answers SQL, drains and decommissions as CockroachDB does (tests/fakes.py FakeCluster) and a fake Kubernetes
+API that runs the job."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import datetime
 
 import pytest
 
-import contextlib
-
-from components.cluster import DEFAULT_ZONE_SQL, NODES_SQL, read_nodes
+from components.cluster import read_nodes
 from components.decommission import (
-    LEASE_SCHEMA, OTHER_LEASES_SQL, RELEASE_LEASE_SQL, TAKE_LEASE_SQL, DecommissionRefused, decommission,
-    plan_decommission, plan_under_lease, run_decommission_job,
+    ALLOW_INTERNALS_SQL, DecommissionRefused, decommission, plan_decommission, plan_under_lease,
+    run_decommission_job,
+)
+from tests.fakes import (
+    ERR_DRAINING_EXISTING_CONN, ERR_DRAINING_NEW_CONN, ERR_UNSAFE_TABLE_ACCESS, FakeCluster, FakeNode,
 )
 
 STARTED = datetime.datetime(2026, 12, 1, 8, 0)
@@ -23,7 +25,7 @@ def loc(cloud):
 
 
 def row(node_id, address, cloud, live=True, membership="active"):
-    return (node_id, address, loc(cloud) if cloud else "", STARTED, live, membership)
+    return FakeNode(node_id, address, loc(cloud) if cloud else "", live, membership, started_at=STARTED)
 
 
 # Three clouds of three nodes each; vexxhost's nodes advertise 198.18.3.x.
@@ -34,65 +36,27 @@ FEDERATION = [
     row(9, "198.18.3.3:26257", "vexxhost"),
 ]
 VEXXHOST = ["198.18.3.1:26257", "198.18.3.2:26257", "198.18.3.3:26257"]
+OTC = ["198.18.2.1:26257", "198.18.2.2:26257", "198.18.2.3:26257"]
 
 
-class FakeSql:
-    """Answers the queries components/cluster.py sends, like CockroachDB's crdb_internal tables; a
-    decommission (done by the fake job) changes the membership it reports afterwards."""
+def zte():
+    return [row(10 + i, f"198.18.4.{i}:26257", "zte") for i in range(1, 4)]
 
-    def __init__(self, rows, factor=3, leases=None):
-        self.rows, self.factor, self.queries = list(rows), factor, []
-        # holder -> addresses of live leases (the lease table; expiry is the database's business).
-        self.leases = dict(leases or {})
-        self.conflicts = 0  # serialization failures to answer the next transactions with
 
-    def execute(self, sql, params=()):
-        self.queries.append(sql)
-        if sql in LEASE_SCHEMA:
-            self._result = []
-        elif sql == OTHER_LEASES_SQL:
-            self._result = [(addresses,) for holder, addresses in self.leases.items() if holder != params[0]]
-        elif sql == TAKE_LEASE_SQL:
-            self.leases[params[0]] = list(params[1])
-            self._result = []
-        elif sql == RELEASE_LEASE_SQL:
-            self.leases.pop(params[0], None)
-            self._result = []
-        else:
-            self._result = {NODES_SQL: self.rows, DEFAULT_ZONE_SQL: [(
-                f"ALTER RANGE default CONFIGURE ZONE USING\n\trange_min_bytes = 134217728,\n\tnum_replicas = "
-                f"{self.factor},\n\tgc.ttlseconds = 14400",)]}[sql]
-        return self
+def cluster_of(rows, **options):
+    # Fresh nodes each time: the fake cluster changes them (drains, memberships).
+    return FakeCluster([FakeNode(**vars(n)) for n in rows], **options)
 
-    @contextlib.contextmanager
-    def transaction(self):
-        from psycopg.errors import SerializationFailure
 
-        before = dict(self.leases)
-        yield
-        if self.conflicts:
-            self.conflicts -= 1
-            self.leases = before  # rolled back
-            raise SerializationFailure("restart transaction: TransactionRetryWithProtoRefreshError")
-
-    def fetchall(self):
-        return self._result
-
-    def fetchone(self):
-        return self._result[0] if self._result else None
-
-    def decommissioned(self, ids):
-        self.rows = [(r[0], r[1], r[2], r[3], r[4], "decommissioned" if r[0] in ids else r[5]) for r in self.rows]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def session(cluster, host="198.18.1.1"):
+    """A session as the program opens one: crdb_internal opened first (v26.2)."""
+    connection = cluster.connect(host)
+    connection.execute(ALLOW_INTERNALS_SQL)
+    return connection
 
 
 def plan(rows, addresses, factor=3):
-    return [n.node_id for n in plan_decommission(read_nodes(FakeSql(rows).execute(NODES_SQL)), addresses, factor)]
+    return [n.node_id for n in plan_decommission(read_nodes(session(cluster_of(rows))), addresses, factor)]
 
 
 def test_a_node_is_found_by_its_advertised_address():
@@ -101,7 +65,8 @@ def test_a_node_is_found_by_its_advertised_address():
 
 def test_a_node_that_never_joined_or_was_decommissioned_needs_nothing():
     assert plan(FEDERATION, ["198.18.9.9:26257"]) == []
-    gone = [row(*r[:3], live=False, membership="decommissioned") if r[0] == 9 else r for r in FEDERATION]
+    gone = [row(9, "198.18.3.3:26257", "vexxhost", live=False, membership="decommissioned") if n.node_id == 9 else n
+            for n in FEDERATION]
     assert plan(gone, ["198.18.3.3:26257"]) == []
 
 
@@ -142,19 +107,23 @@ def test_dead_decommissioning_and_unknown_nodes_do_not_count_as_remaining():
 
 
 class FakeKube:
-    """Records the job it is asked to run; the job 'decommissions' the nodes in the fake SQL endpoint."""
+    """Records the job it is asked to run; the job runs `cockroach node decommission` in the fake cluster (which
+    drains and decommissions as pkg/cli/node.go does). `during(job)` runs while the job runs."""
 
-    def __init__(self, sql, outcome="succeeded"):
-        self.sql, self.outcome, self.calls, self.job = sql, outcome, [], None
+    def __init__(self, cluster, outcome="succeeded", during=None):
+        self.cluster, self.outcome, self.during, self.calls, self.job = cluster, outcome, during, [], None
 
     def call(self, method, path, body=None, *, text=False):
         self.calls.append((method, path))
         if method == "POST":
             self.job = body
-            ids = [int(word) for word in body["spec"]["template"]["spec"]["containers"][0]["command"][2].split()
-                   if word.isdigit()]
+            words = job_command(self).split()
+            ids = [int(word) for word in words if word.isdigit()]
+            host = next(w.split("=", 1)[1] for w in words if w.startswith("--host="))
             if self.outcome == "succeeded":
-                self.sql.decommissioned(ids)
+                self.cluster.decommission(ids, through=host)
+            if self.during:
+                self.during(body)
             return {}
         if method == "GET" and "/jobs/" in path:
             return {"status": {"succeeded": 1}} if self.outcome == "succeeded" else {
@@ -168,7 +137,8 @@ class FakeKube:
 
 def props(**overrides):
     values = {
-        "jobName": "decommission-vexxhost-k3s-2", "addresses": ["198.18.3.3:26257"], "ownAddresses": VEXXHOST,
+        "jobName": "decommission-vexxhost-k3s-2", "leaseHolder": "organization/crdb-federation/vexxhost/k3s-2",
+        "addresses": ["198.18.3.3:26257"], "ownAddresses": VEXXHOST,
         "rpcHosts": ["10.20.0.10", "10.20.0.11", "10.20.0.12"], "sqlHosts": ["198.18.3.1", "198.18.1.1"],
         "caPem": "ca", "certPem": "client.node.crt", "keyPem": "key", "kubeconfig": "kubeconfig",
         "namespace": "cockroachdb", "image": "cockroachdb/cockroach:v26.2.0", "clusterName": "crdb-federation",
@@ -178,76 +148,195 @@ def props(**overrides):
     return values
 
 
-def test_delete_decommissions_through_a_live_node_of_the_same_cloud_and_waits_for_decommissioned():
-    sql = FakeSql(FEDERATION)
-    kube = FakeKube(sql)
-    assert decommission(props(), connect=lambda: sql, kube=kube, sleep=lambda s: None) == [9]
-    command = kube.job["spec"]["template"]["spec"]["containers"][0]["command"][2]
-    # Not through the node that is leaving: through the first node of the cloud that stays.
-    assert ("node decommission 9 --host=10.20.0.10:26257 --cluster-name=crdb-federation "
-            "--cert-principal-map=node:root --wait=all") in command
-    assert kube.job["metadata"] == {"name": "decommission-vexxhost-k3s-2", "namespace": "cockroachdb",
-                                    "labels": kube.job["metadata"]["labels"]}
-    assert ("DELETE", "/apis/batch/v1/namespaces/cockroachdb/jobs/decommission-vexxhost-k3s-2") in kube.calls
-    assert {n.node_id: n.membership for n in read_nodes(sql.execute(NODES_SQL))}[9] == "decommissioned"
+def whole_vexxhost(**overrides):
+    """The whole cloud's removal: its own nodes first in the SQL hosts, then the join list's (other clouds)."""
+    return props(**{"jobName": "decommission-vexxhost-decommission", "addresses": VEXXHOST,
+                    "leaseHolder": "organization/crdb-federation/vexxhost/vexxhost-decommission",
+                    "sqlHosts": ["198.18.3.1", "198.18.3.2", "198.18.3.3", "198.18.1.1", "198.18.2.1"], **overrides})
 
 
 def job_command(kube):
     return kube.job["spec"]["template"]["spec"]["containers"][0]["command"][2]
 
 
-def test_a_whole_cloud_leaves_through_a_live_node_of_another_cloud():
-    """A decommissioned node refuses connections (docs: node-shutdown, "--host={address of any live node}"): when
-    every node of the cloud leaves, the job goes through another cloud's, as it advertises itself."""
-    zte = [row(10 + i, f"198.18.4.{i}:26257", "zte") for i in range(1, 4)]
-    sql = FakeSql(FEDERATION + zte)
-    kube = FakeKube(sql)
-    assert decommission(props(addresses=VEXXHOST), connect=lambda: sql, kube=kube, sleep=lambda s: None) == [7, 8, 9]
+def gateways(cluster):
+    return [s.gateway.address for s in cluster.sessions]
+
+
+def test_delete_decommissions_through_a_live_node_of_the_same_cloud_and_waits_for_decommissioned():
+    cluster = cluster_of(FEDERATION)
+    kube = FakeKube(cluster)
+    assert decommission(props(), connect=cluster.connect, kube=kube) == [9]
+    # Not through the node that is leaving: through the first node of the cloud that stays.
+    assert ("node decommission 9 --host=10.20.0.10:26257 --cluster-name=crdb-federation "
+            "--cert-principal-map=node:root --wait=all") in job_command(kube)
+    assert kube.job["metadata"] == {"name": "decommission-vexxhost-k3s-2", "namespace": "cockroachdb",
+                                    "labels": kube.job["metadata"]["labels"]}
+    assert ("DELETE", "/apis/batch/v1/namespaces/cockroachdb/jobs/decommission-vexxhost-k3s-2") in kube.calls
+    assert cluster.node(9).membership == "decommissioned" and cluster.leases == {}
+    assert "198.18.3.3:26257" not in gateways(cluster)
+
+
+def test_the_fake_drains_and_decommissions_as_cockroachdb_does():
+    """What cannot run here, held to the upstream source. pkg/cli/node.go runDecommissionNodeImpl: mark the targets
+    DECOMMISSIONING; once they hold no replicas, drain each live target ("We now drain the nodes in order to close
+    all SQL connections") except the node serving the request; then mark them DECOMMISSIONED. A draining node
+    closes its SQL sessions with ErrDrainingExistingConn (pkg/sql/pgwire/conn.go serveImpl) and refuses new ones
+    with ErrDrainingNewConn (pkg/sql/pgwire/server.go ServeConn), both pgcode AdminShutdown (57P01)."""
+    import psycopg
+    from psycopg.errors import AdminShutdown, InsufficientPrivilege
+
+    cluster = cluster_of(FEDERATION + zte())
+    through_leaving = session(cluster, "198.18.3.1")
+    through_staying = session(cluster, "198.18.1.1")
+    cluster.decommission([7, 8, 9], through="198.18.1.1:26257")
+    assert cluster.events == ["decommissioning n7 n8 n9", "drain n7", "drain n8", "drain n9",
+                              "decommissioned n7 n8 n9"]
+    with pytest.raises(AdminShutdown, match=ERR_DRAINING_EXISTING_CONN):
+        read_nodes(through_leaving)
+    with pytest.raises(psycopg.OperationalError, match="the connection is closed"):
+        read_nodes(through_leaving)
+    with pytest.raises(psycopg.OperationalError, match=ERR_DRAINING_NEW_CONN):
+        cluster.connect("198.18.3.2")
+    assert {n.node_id: n.membership for n in read_nodes(through_staying)}[8] == "decommissioned"
+    # The node serving the request is not drained by it.
+    serving = cluster_of(FEDERATION)
+    serving.decommission([9], through="198.18.3.3:26257")
+    assert serving.events == ["decommissioning n9", "decommissioned n9"]
+    # v26.2 closes crdb_internal to client sessions that did not opt in (pkg/sql/unsafesql CheckInternalsAccess).
+    with pytest.raises(InsufficientPrivilege, match=ERR_UNSAFE_TABLE_ACCESS):
+        read_nodes(cluster.connect("198.18.1.2"))
+
+
+def test_a_whole_cloud_leaves_through_another_clouds_node_and_releases_its_lease():
+    """Row 1 of issue 28. The operator's SQL session never goes through a node of the cloud that leaves: the job
+    drains every one of them (runDecommissionNodeImpl), which closes such a session, so the lease could not be
+    released. The job itself goes through another cloud's node, as it advertises itself."""
+    cluster = cluster_of(FEDERATION + zte())
+    kube = FakeKube(cluster)
+    assert decommission(whole_vexxhost(), connect=cluster.connect, kube=kube) == [7, 8, 9]
     assert "node decommission 7 8 9 --host=198.18.1.1:26257 " in job_command(kube)
+    assert cluster.leases == {}
+    assert not set(gateways(cluster)) & set(VEXXHOST), gateways(cluster)
+
+
+def test_a_removal_refuses_before_it_starts_when_this_machine_reaches_no_node_that_stays():
+    """Row 1: the other clouds' SQL ports do not admit this machine. Nothing starts (no lease, no job, no drain),
+    and the refusal names the addresses and port it needs."""
+    cluster = cluster_of(FEDERATION + zte(), reachable={"198.18.3.1", "198.18.3.2", "198.18.3.3"})
+    kube = FakeKube(cluster)
+    with pytest.raises(DecommissionRefused) as refused:
+        decommission(whole_vexxhost(), connect=cluster.connect, kube=kube)
+    message = str(refused.value)
+    assert "This machine must reach the SQL port of one of them: 198.18.1.1:26258, 198.18.2.1:26258" in message
+    assert "Nothing was deleted" in message
+    assert kube.job is None and cluster.leases == {} and cluster.events == []
+
+
+def test_a_removal_whose_every_sql_address_leaves_refuses_before_it_starts():
+    cluster = cluster_of(FEDERATION + zte())
+    kube = FakeKube(cluster)
+    with pytest.raises(DecommissionRefused, match="no SQL address of a node that stays is known"):
+        decommission(whole_vexxhost(sqlHosts=["198.18.3.1", "198.18.3.2", "198.18.3.3"]), connect=cluster.connect,
+                     kube=kube)
+    assert kube.job is None and cluster.events == []
+
+
+def test_a_connection_lost_during_a_removal_is_a_refusal_that_says_what_to_do():
+    """Row 1: the staying node this machine reaches is drained while the job runs (its own cloud's OS upgrade), and
+    no other staying node answers: the removal says so, and that the lease expires and a rerun picks up."""
+    cluster = cluster_of(FEDERATION + zte(), reachable={"198.18.3.1", "198.18.3.2", "198.18.3.3", "198.18.1.1"})
+    kube = FakeKube(cluster, during=lambda job: cluster.drain(1))
+    with pytest.raises(DecommissionRefused) as refused:
+        decommission(whole_vexxhost(), connect=cluster.connect, kube=kube)
+    message = str(refused.value)
+    assert f"198.18.1.1:26258: connection to server at \"198.18.1.1\", port 26258 failed: FATAL:  " \
+           f"{ERR_DRAINING_NEW_CONN}" in message
+    assert "to confirm the decommission of 198.18.3.1:26257" in message
+    assert "the lease expires by itself within 600s. Run the removal again" in message
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__
+    # The rerun, once a staying node answers again: the nodes are gone already, and the old lease with them.
+    cluster.node(1).draining = False
+    assert decommission(whole_vexxhost(), connect=cluster.connect, kube=FakeKube(cluster)) == []
+    assert cluster.leases == {}
+
+
+def test_the_job_never_goes_through_a_node_another_removal_is_taking_away():
+    """Row 4 of issue 28: ovh's removal holds a lease on its nodes and will drain them; vexxhost's job must not go
+    through one of them, or its connection breaks when they are drained."""
+    ovh = [row(20 + i, f"198.18.0.{i}:26257", "ovh") for i in range(1, 4)]
+    ovh_lease = [n.address for n in ovh]
+    cluster = cluster_of(ovh + FEDERATION + zte(), leases={"organization/crdb-federation/ovh/ovh-decommission":
+                                                            ovh_lease})
+    kube = FakeKube(cluster)
+    assert decommission(whole_vexxhost(sqlHosts=["198.18.1.1"]), connect=cluster.connect, kube=kube) == [7, 8, 9]
+    host = next(w.split("=", 1)[1] for w in job_command(kube).split() if w.startswith("--host="))
+    assert host not in ovh_lease and host == "198.18.1.1:26257"
+
+
+def test_two_members_whose_kubernetes_nodes_share_a_name_hold_leases_of_their_own(seed_outputs):
+    """Row 5 of issue 28: in existing-cluster mode a node's decommissioning is named after its Kubernetes node. Two
+    clouds whose clusters both have a `node-0` must not share a lease key: `holder != %s` would hide the other's
+    lease and the UPSERT overwrite it. Their removals at once must count each other."""
+    import yaml
+
+    from tests.harness import MEMBER, SEED_STACK, pinned_to, run_program
+
+    def removal(stack, prefix):
+        kubeconfig = yaml.safe_dump({"clusters": [{"name": stack, "cluster": {"server": f"https://{prefix}.5:6443"}}]})
+        config = {**MEMBER, "kubernetesMode": "existing",
+                  "existingNodes": [f"node-{i} {prefix}.{10 + i} 10.0.0.{10 + i}" for i in range(3)]}
+        run = run_program(pinned_to(seed_outputs, config), stack=stack, secrets={"kubeconfig": kubeconfig},
+                          stack_outputs={SEED_STACK: seed_outputs})
+        stored = run.cloud.named("node-0-decommission").outputs
+        return stored.get("leaseHolder") or stored["jobName"]  # what the delete reads, old resources included
+
+    magnum, ovh = removal("magnum", "198.20.1"), removal("ovh", "198.20.2")
+    assert magnum != ovh
+    # Four nodes: either node-0 may go (three remain), not both.
+    cluster = cluster_of([FEDERATION[0], FEDERATION[3], row(30, "198.20.1.10:26257", "magnum"),
+                          row(31, "198.20.2.10:26257", "ovh")], factor=1)
+    assert [n.node_id for n in plan_under_lease(session(cluster), magnum, ["198.20.1.10:26257"], 600).targets] == [30]
+    with pytest.raises(DecommissionRefused, match=r"only 2 live node\(s\) would remain"):
+        plan_under_lease(session(cluster), ovh, ["198.20.2.10:26257"], 600)
+    assert list(cluster.leases) == [magnum]
 
 
 def test_a_job_that_fails_after_its_nodes_are_decommissioned_counts_as_done():
     """The job's last RPC can fail once its nodes are gone; the cluster's membership decides."""
-    sql = FakeSql(FEDERATION)
-    kube = FakeKube(sql, outcome="failed")
-    original = kube.call
-
-    def decommissions_then_fails(method, path, body=None, *, text=False):
-        if method == "POST":
-            sql.decommissioned([9])
-        return original(method, path, body, text=text)
-
-    kube.call = decommissions_then_fails
-    assert decommission(props(), connect=lambda: sql, kube=kube, sleep=lambda s: None) == [9]
+    cluster = cluster_of(FEDERATION)
+    kube = FakeKube(cluster, outcome="failed", during=lambda job: cluster.decommission([9], "10.20.0.10:26257"))
+    assert decommission(props(), connect=cluster.connect, kube=kube) == [9]
 
 
-def test_a_resource_created_before_it_knew_the_cluster_name_can_still_be_deleted():
+def test_a_resource_created_before_it_knew_the_cluster_name_or_its_lease_holder_can_still_be_deleted():
     """A dynamic resource's delete gets the properties stored when it was created or last updated."""
-    sql = FakeSql(FEDERATION)
-    kube = FakeKube(sql)
+    cluster = cluster_of(FEDERATION)
+    kube = FakeKube(cluster)
     older = props()
-    del older["clusterName"]
-    assert decommission(older, connect=lambda: sql, kube=kube, sleep=lambda s: None) == [9]
+    del older["clusterName"], older["leaseHolder"]
+    assert decommission(older, connect=cluster.connect, kube=kube) == [9]
     assert "--disable-cluster-name-verification" in job_command(kube)
+    assert cluster.leases == {}
 
 
 def test_a_refused_removal_runs_no_job():
-    sql = FakeSql(FEDERATION, factor=3)
-    kube = FakeKube(sql)
+    cluster = cluster_of(FEDERATION, factor=3)
+    kube = FakeKube(cluster)
     with pytest.raises(DecommissionRefused, match="only 2 cloud"):
-        decommission(props(addresses=VEXXHOST), connect=lambda: sql, kube=kube)
-    assert kube.job is None
+        decommission(whole_vexxhost(), connect=cluster.connect, kube=kube)
+    assert kube.job is None and cluster.leases == {}
 
 
 def test_a_failed_job_is_reported_with_its_log_and_nothing_is_deleted():
-    sql = FakeSql(FEDERATION)
+    cluster = cluster_of(FEDERATION)
     with pytest.raises(DecommissionRefused, match="failed; its last lines:\nERROR: rpc error: code = PermissionDenied"):
-        decommission(props(), connect=lambda: sql, kube=FakeKube(sql, outcome="failed"), sleep=lambda s: None)
+        decommission(props(), connect=cluster.connect, kube=FakeKube(cluster, outcome="failed"))
+    assert cluster.leases == {}
 
 
 def test_a_job_that_does_not_finish_times_out():
-    sql = FakeSql(FEDERATION)
-    kube = FakeKube(sql, outcome="running")
+    kube = FakeKube(cluster_of(FEDERATION), outcome="running")
     kube.call = lambda method, path, body=None, *, text=False: (
         {"status": {}} if method == "GET" and "/jobs/" in path else
         {"items": []} if "pods?" in path else {})
@@ -258,11 +347,12 @@ def test_a_job_that_does_not_finish_times_out():
 
 
 def test_an_unreachable_cluster_refuses_unless_forced():
-    def unreachable():
-        raise ConnectionError("198.18.3.1:26258: connection refused")
+    def unreachable(host):
+        raise ConnectionError("connection refused")
 
-    with pytest.raises(DecommissionRefused, match="cannot ask the cluster whether 198.18.3.3:26257 may go: "
-                                                  "198.18.3.1:26258: connection refused"):
+    with pytest.raises(DecommissionRefused, match="cannot reach the cluster to ask whether 198.18.3.3:26257 may go: "
+                                                  "no node that stays answered \\(198.18.3.1:26258: connection "
+                                                  "refused; 198.18.1.1:26258: connection refused\\)"):
         decommission(props(), connect=unreachable)
     assert decommission(props(force=True), connect=unreachable) == []
 
@@ -276,7 +366,7 @@ def test_a_member_the_seed_never_signed_has_nothing_to_decommission():
 
 def test_forcing_for_one_run_needs_no_up_first(monkeypatch):
     """A stack whose `up` cannot complete cannot record forceRemoval: the environment says it for a run."""
-    def unreachable():
+    def unreachable(host):
         raise ConnectionError("no route")
 
     monkeypatch.setenv("CRDB_FORCE_REMOVAL", "true")
@@ -312,29 +402,41 @@ def test_a_removal_counts_the_nodes_another_removal_is_taking_away():
     """Two clouds removed at once by two operators: each stack's engine is its own process, so only the
     cluster can tell one removal of the other. vexxhost's removal holds a lease on its nodes; otc's then
     sees only two clouds remaining and refuses."""
-    zte = [row(10 + i, f"198.18.4.{i}:26257", "zte") for i in range(1, 4)]
-    sql = FakeSql(FEDERATION + zte, leases={"decommission-vexxhost-decommission": VEXXHOST})
-    otc = ["198.18.2.1:26257", "198.18.2.2:26257", "198.18.2.3:26257"]
+    cluster = cluster_of(FEDERATION + zte(), leases={"decommission-vexxhost-decommission": VEXXHOST})
     with pytest.raises(DecommissionRefused, match=r"only 2 cloud\(s\) would remain \(seed, zte\)"):
-        plan_under_lease(sql, "decommission-otc-decommission", otc, 600)
-    assert "decommission-otc-decommission" not in sql.leases
+        plan_under_lease(session(cluster), "decommission-otc-decommission", OTC, 600)
+    assert "decommission-otc-decommission" not in cluster.leases
     # Once vexxhost's removal is done (its lease released), otc may go, and holds a lease while it does.
-    del sql.leases["decommission-vexxhost-decommission"]
-    assert [n.node_id for n in plan_under_lease(sql, "decommission-otc-decommission", otc, 600)] == [4, 5, 6]
-    assert sql.leases == {"decommission-otc-decommission": otc}
+    del cluster.leases["decommission-vexxhost-decommission"]
+    planned = plan_under_lease(session(cluster), "decommission-otc-decommission", OTC, 600)
+    assert [n.node_id for n in planned.targets] == [4, 5, 6]
+    assert cluster.leases == {"decommission-otc-decommission": OTC}
+
+
+def test_two_removals_at_once_cannot_both_pass_on_a_cluster_whose_default_isolation_is_read_committed():
+    """Row 15 of issue 27. With `ALTER ROLE ALL SET default_transaction_isolation = 'read committed'` (CockroachDB
+    docs: read-committed), a transaction that does not pin its isolation reads per statement: otc's removal reads
+    no other lease, vexxhost's commits its own meanwhile, and otc's commits too (write skew, cockroachdb/cockroach
+    #118479). Pinned SERIALIZABLE as its first statement, otc's refresh fails, it retries and sees vexxhost's."""
+    cluster = cluster_of(FEDERATION + zte(), default_isolation="read committed")
+    vexxhost = session(cluster, "198.18.4.1")
+    cluster.after_lease_read = lambda: plan_under_lease(vexxhost, "vexxhost", VEXXHOST, 600)
+    with pytest.raises(DecommissionRefused, match=r"only 2 cloud\(s\) would remain \(seed, zte\)"):
+        plan_under_lease(session(cluster), "otc", OTC, 600)
+    assert cluster.leases == {"vexxhost": VEXXHOST}
 
 
 def test_a_transaction_the_database_makes_retry_is_run_again():
-    sql = FakeSql(FEDERATION)
-    sql.conflicts = 2
-    assert [n.node_id for n in plan_under_lease(sql, "h", ["198.18.3.3:26257"], 600)] == [9]
-    assert sql.leases == {"h": ["198.18.3.3:26257"]}
+    cluster = cluster_of(FEDERATION)
+    cluster.conflicts = 2
+    assert [n.node_id for n in plan_under_lease(session(cluster), "h", ["198.18.3.3:26257"], 600).targets] == [9]
+    assert cluster.leases == {"h": ["198.18.3.3:26257"]}
 
 
 def test_the_lease_is_released_after_the_job_whatever_it_did():
-    sql = FakeSql(FEDERATION)
+    cluster = cluster_of(FEDERATION)
     with pytest.raises(DecommissionRefused):
-        decommission(props(), connect=lambda: sql, kube=FakeKube(sql, outcome="failed"), sleep=lambda s: None)
-    assert sql.leases == {}
-    assert decommission(props(), connect=lambda: sql, kube=FakeKube(sql), sleep=lambda s: None) == [9]
-    assert sql.leases == {}
+        decommission(props(), connect=cluster.connect, kube=FakeKube(cluster, outcome="failed"))
+    assert cluster.leases == {}
+    assert decommission(props(), connect=cluster.connect, kube=FakeKube(cluster)) == [9]
+    assert cluster.leases == {}

@@ -81,6 +81,7 @@ def test_settings_are_frozen():
     ("cockroachImage", "cockroachdb/cockroach", "pinned tag"),
     ("dataVolumeSize", "1", "integer from 2"),
     ("osUpgradeVersion", "two words", "label of up to 63"),
+    ("osUpgradeVersion", "2026-12-", "beginning and ending with a letter or digit"),
     ("ntpServers", '["ntp one"]', "host names or IP addresses"),
     ("adminCidrs", '["203.0.113.0/24"]', "not a documentation range"),
     ("federationCidrs", '["198.18.0.0/15", "2001:db8::/48"]', "not a documentation range"),
@@ -106,6 +107,21 @@ def test_each_bad_value_names_key_value_and_expectation(key, value, expected):
     entries = ("not-a-cidr", "300.1.1.1/32", "dns.example", "192.168.10.5", "2001:db8::/48", "ntp one")
     shown = [v for v in entries if v in value] or [json.loads(value)[0] if value.startswith("[") else value]
     assert repr(shown[0]) in matching[0] or key == "caCertificate"
+
+
+@pytest.mark.parametrize("version, valid", [
+    ("2026-12", True), ("v1", True), ("a" * 63, True), ("2026-12-", False), ("2026.12_", False), ("a" * 64, False),
+])
+def test_the_os_upgrade_version_is_a_label_value_the_controller_can_put_on_its_jobs(version, valid):
+    """system-upgrade-controller v0.20.1 pkg/upgrade/job/job.go sets the Job label upgrade.cattle.io/version to
+    plan.Status.LatestVersion (the Plan's version, '+' made '-' by plan.go MungeVersion). The API server refuses a
+    label value over 63 characters or not alphanumeric at both ends (apimachinery pkg/util/validation
+    IsValidLabelValue; kubernetes-validate checks schemas, not label syntax): no Job could ever be made."""
+    if valid:
+        settings = parse_settings({**VALID, "osUpgradeVersion": version}, "vexxhost")
+        assert settings.kubernetes.os_upgrade_version == version
+    else:
+        assert [p for p in problems({**VALID, "osUpgradeVersion": version}) if "osUpgradeVersion" in p]
 
 
 @pytest.mark.parametrize("missing", ["cloud", "region", "image", "serverFlavor", "adminCidrs", "federationCidrs"])
