@@ -346,7 +346,7 @@ def status_command(args: argparse.Namespace, console: Console, environment: dict
     host, certs = args.host, args.certs_dir
     with tempfile.TemporaryDirectory(prefix="crdb-federation-certs-") as scratch:
         if host is None or certs is None:
-            outputs = LazyStack(args.seed, environment).outputs()
+            outputs = LazyStack(args.seed, environment).outputs(secrets=True)  # the root client key
             if not outputs.get("joinAddresses"):
                 return fail(f"the seed stack '{args.seed}' has no joinAddresses output; bring it up first")
             host = host or split_address(outputs["joinAddresses"][0])[0]
@@ -379,8 +379,8 @@ class LazyStack:
     def prepare(self, on_output) -> None:
         self._get().prepare(on_output)
 
-    def outputs(self) -> dict:
-        return self._get().outputs()
+    def outputs(self, secrets: bool = False) -> dict:
+        return self._get().outputs(secrets)
 
     def add_members(self, stacks):
         return self._get().add_members(stacks)
