@@ -238,3 +238,9 @@ def stack_file_lock(path: Path, directory: Path = STATE_DIRECTORY) -> Iterator[N
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+if __name__ == "__main__":  # scripts/up.sh: the shim for the CLI it found (prints the directory holding bin/pulumi)
+    import sys
+
+    print(cli_root(sys.argv[1]))

@@ -45,4 +45,7 @@ if [ -z "$provider" ] || [ "$provider" = passphrase ]; then
 fi
 
 pulumi stack select --create --secrets-provider "$provider" --stack "$stack" --non-interactive
-exec pulumi up --stack "$stack" "$@"
+# Through the shim that records where this CLI process runs, so that a lock it leaves when killed can be proven
+# stale by the federation tool (README: When a run is interrupted).
+shim=$(venv/bin/python -m federation.locks "$(command -v pulumi)")
+exec "$shim/bin/pulumi" up --stack "$stack" "$@"

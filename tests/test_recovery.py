@@ -45,7 +45,8 @@ class FakeCloud:
         self.compute = SimpleNamespace(
             servers=lambda: self._own("servers"), server_groups=lambda: self._own("server_groups"),
             keypairs=lambda: [k for k in self.resources["keypairs"] if k.user_id == self.current_user_id],
-            delete_keypair=self._delete, delete_server=self._delete, find_server=lambda id, ignore_missing: None)
+            delete_keypair=self._delete, delete_server=self._delete, delete_server_group=self._delete,
+            find_server=lambda id, ignore_missing: None)
         self.block_storage = SimpleNamespace(volumes=self._volumes, delete_volume=self._delete)
         listing = {kind: (lambda kind: lambda **query: self._neutron(kind, query))(kind)
                    for kind in ("ips", "ports", "security_groups", "routers", "subnets", "networks")}

@@ -111,6 +111,7 @@ class Project:
         self.passphrases.mkdir(exist_ok=True)
         (self.passphrases / f"{stack}.passphrase").write_text(passphrase(stack))
         (self.passphrases / f"{stack}.passphrase").chmod(0o600)
+
     def events(self, operation: str, stack: str, *args: str, check: bool = False,
                env: Optional[dict[str, str]] = None) -> tuple[list[dict], str]:
         """Runs `pulumi <operation>` with an engine event log; returns the events and the output."""

@@ -22,6 +22,7 @@ import pytest
 
 from tests.integration.project import LOCALCLOUD, NOTHING, explicit_member, in_cloud, whole
 from components.federation import fingerprints
+from federation import locks
 from tests.test_trust import another_ca
 
 FORCED = {"CRDB_FORCE_REMOVAL": "true"}  # no SQL answers here (README: Remove a cloud)
@@ -91,7 +92,10 @@ def test_an_up_killed_mid_create_is_reconciled_by_the_next_join(moment, project,
     stack, nodes, reached = KILL_POINTS[moment]
     explicit_member(project, stack, nodes, seed)
     cloud = project.cloud.connect()
-    engine = subprocess.Popen([project.pulumi, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
+    # Through the shim scripts/up.sh and the tool run the CLI with (federation/locks.py): what lets the next join
+    # prove the killed run's lock stale.
+    shim = str(locks.cli_root(project.pulumi) / "bin" / "pulumi")
+    engine = subprocess.Popen([shim, "up", "--yes", "--skip-preview", "--non-interactive", "--stack", stack],
                               cwd=project.directory, env=project.env(stack), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     assert _wait_for(lambda: reached(cloud, stack), engine), f"the up ended before {moment} were made"
