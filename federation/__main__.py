@@ -23,7 +23,8 @@ from . import preflight, secrets, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
 from .locks import StackLocked
 from .runner import (
-    ROOT, SIGNATURE_WAIT, PulumiStack, Run, StackNotInBackend, default_backend, join, run_concurrently, stack_names,
+    ROOT, SETTLE_SECONDS, SIGNATURE_WAIT, PulumiStack, Run, StackNotInBackend, default_backend, join, run_concurrently,
+    stack_names,
 )
 
 SEED = "seed"
@@ -66,6 +67,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                   "(an interrupted run's); read-only unless --delete", parents=[keys])
     orphans.add_argument("stack")
     orphans.add_argument("--delete", action="store_true", help="delete those that hold nothing")
+    orphans.add_argument("--settle", type=float, default=SETTLE_SECONDS, metavar="SECONDS",
+                         help="with --delete: how long to wait for the stack's own servers and volumes still being "
+                              "made by a dead run to settle (default: %(default)s)")
     destroy = commands.add_parser("destroy", help="refused: use `remove`, which decommissions first")
     destroy.add_argument("stack")
     commands.add_parser("ranges", help="every stack's node addresses, as federationCidrs entries")
@@ -212,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           "--stack seed`; every operator drops its addresses from federationCidrs")
         return code
     if args.command == "orphans":
-        return orphans_command(LazyStack(args.stack, environments[args.stack]), args.delete, console)
+        return orphans_command(LazyStack(args.stack, environments[args.stack]), args.delete, console, args.settle)
     if args.command == "ranges":
         return ranges_command(known, console)
     if args.command == "fingerprints":
@@ -277,14 +281,14 @@ def fingerprints_command(seed: str, console: Console) -> int:
     return 0
 
 
-def orphans_command(stack: "LazyStack", delete: bool, console: Console) -> int:
+def orphans_command(stack: "LazyStack", delete: bool, console: Console, settle: float = 0) -> int:
     """Lists what provably is the stack's in its cloud and its state lacks (federation/recovery.py), and what bears
     its names without its mark; with --delete, removes the former while it holds the stack's lock."""
     from . import recovery
 
     try:
         with stack.holding() if delete else contextlib.nullcontext():
-            cloud, orphans = stack.orphans()
+            cloud, orphans = stack.orphans(settle if delete else 0)
             for orphan in orphans:
                 console.print(orphan.line(), soft_wrap=True)
             deletable = [o for o in orphans if not o.kept]
@@ -394,8 +398,8 @@ class LazyStack:
     def member_name(self):
         return self._get().member_name()
 
-    def orphans(self):
-        return self._get().orphans()
+    def orphans(self, settle: float = 0):
+        return self._get().orphans(settle)
 
     def holding(self):
         return self._get().holding()

@@ -9,8 +9,9 @@ under admin credentials Neutron lists every project's resources, another stack's
 - a resource is a candidate only if it carries this stack's owner ID; a router interface only if it is on a
   router that does; a key pair (no place for a mark) only under the exact name the program gives, with the exact
   public key the stack's config holds, so deleting it loses nothing the next `up` does not make again;
-- what holds data or is still changing is kept: a volume attached or not `available`, a server still building,
-  a port bound to something, a floating IP associated with a port;
+- what holds data or is still changing is kept: a volume attached or not `available`, a server still building
+  (the sweep waits a while for those to settle: under the stack's lock only a dead run can have left them), a
+  port bound to something, a floating IP associated with a port;
 - the program's names without the mark (made before the mark existed, or the operator's own) and server groups
   (Nova keeps no mark on them) are listed, never deleted;
 - the sweep runs under the stack's lock (federation/locks.py), so no other run is creating anything meanwhile.
@@ -22,6 +23,7 @@ whole, with exactly the program's inputs.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -92,6 +94,7 @@ class Orphan:
     detail: str
     kept: str = ""  # why it is not deleted, if it is not
     within: str = ""  # the ID of what it is removed from (a router interface's router)
+    changing: bool = False  # kept only while Nova or Cinder are still making it
 
     def line(self) -> str:
         return f"{self.kind} {self.name or '(no name)'} {self.id} ({self.detail})" + (
@@ -129,15 +132,15 @@ def find_orphans(cloud: Any, ownership: Ownership, known: set[str]) -> list[Orph
     # all_tenants; cinder likewise); Neutron lists every project's to an admin (neutron_lib/db/utils.py
     # model_query_scope_is_project), so each Neutron listing names the project.
     for server in candidates(cloud.compute.servers()):
-        kept = unmarked(server) or ("" if server.status in SERVER_SETTLED else
-                                    f"still {server.status}: it may be another run's, or Nova is not done with it")
+        changing = ownership.marked(server) and server.status not in SERVER_SETTLED
+        kept = unmarked(server) or (f"still {server.status}: Nova is not done with it" if changing else "")
         if not kept:
             own_servers.add(server.id)
-        found.append(Orphan("server", server.id, server.name, server.status, kept))
+        found.append(Orphan("server", server.id, server.name, server.status, kept, changing=changing))
     for volume in candidates(cloud.block_storage.volumes()):
-        kept = unmarked(volume) or ("attached" if volume.attachments else "" if volume.status in VOLUME_SETTLED
-                                    else f"status {volume.status}")
-        found.append(Orphan("volume", volume.id, volume.name, volume.status, kept))
+        changing = ownership.marked(volume) and not volume.attachments and volume.status not in VOLUME_SETTLED
+        kept = unmarked(volume) or ("attached" if volume.attachments else f"status {volume.status}" if changing else "")
+        found.append(Orphan("volume", volume.id, volume.name, volume.status, kept, changing=changing))
     for ip in cloud.network.ips(project_id=project):
         if ip.id not in known and ownership.in_project(ip) and ownership.marked(ip):
             kept = f"associated with port {ip.port_id}" if ip.port_id else ""
@@ -177,6 +180,19 @@ def find_orphans(cloud: Any, ownership: Ownership, known: set[str]) -> list[Orph
             found.append(Orphan("server group", group.id, group.name, ",".join(group.policies or []),
                                 "Nova keeps no mark on a server group: delete it yourself if it is the stack's"))
     return found
+
+
+def settled(find: Callable[[], list[Orphan]], wait: float, sleep: Callable[[float], None] = time.sleep,
+            clock: Callable[[], float] = time.monotonic) -> list[Orphan]:
+    """The orphans once what carries the stack's mark and is still being made has settled, or `wait` has passed
+    (those then stay kept). Under the stack's lock no run of the stack is making anything: a server still building
+    or a volume still `creating` was left by a dead run, and its port or name would stop the next `up`."""
+    deadline = clock() + wait
+    while True:
+        orphans = find()
+        if not any(o.changing for o in orphans) or clock() >= deadline:
+            return orphans
+        sleep(min(5.0, max(deadline - clock(), 0.0)))
 
 
 def _same_key(a: Optional[str], b: str) -> bool:

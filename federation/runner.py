@@ -219,7 +219,7 @@ class PulumiStack:
             return
         try:
             with self.holding():
-                cloud, orphans = self.orphans()
+                cloud, orphans = self.orphans(settle=SETTLE_SECONDS)
                 deletable = [o for o in orphans if not o.kept]
                 if deletable:
                     on_output(f"{self.name}: {len(deletable)} resource(s) in the cloud carry this stack's mark and "
@@ -248,8 +248,9 @@ class PulumiStack:
         done = self._cli(["stack", "export", "--stack", self.name])
         return json.loads(done.stdout).get("deployment") or {}
 
-    def orphans(self) -> tuple[Any, list[recovery.Orphan]]:
-        """The stack's cloud, and what provably is the stack's in it (or bears its names) that the state lacks."""
+    def orphans(self, settle: float = 0) -> tuple[Any, list[recovery.Orphan]]:
+        """The stack's cloud, and what provably is the stack's in it (or bears its names) that the state lacks;
+        `settle`: seconds to wait for the stack's own resources still being made (recovery.settled)."""
         from . import stack_config
 
         config = stack_config.resolve(self.name, self.work_dir)
@@ -259,7 +260,8 @@ class PulumiStack:
             raise locks.StackLocked(f"{self.name} has pending operations: a run is under way or was interrupted; "
                                     "its next `up` through the tool clears them first")
         ownership = recovery.Ownership.of(deployment, member, cloud, config.get("sshPublicKey") or None)
-        return cloud, recovery.find_orphans(cloud, ownership, recovery.state_ids(deployment))
+        known = recovery.state_ids(deployment)
+        return cloud, recovery.settled(lambda: recovery.find_orphans(cloud, ownership, known), settle)
 
     def _cloud(self) -> tuple[Any, str]:
         """The stack's cloud, with its own clouds.yaml entry as `pulumi up` uses it, and its member name."""
@@ -541,6 +543,7 @@ CSR_TYPE = "tls:index/certRequest:CertRequest"
 # components/federation.py NodeIdentity's two requests, through components/pki.py certificate_request.
 REQUEST_SUFFIXES = {"-identity-node-csr": "node", "-identity-client-csr": "client"}
 SIGNATURE_WAIT = 600  # seconds a member's `up` waits for its signature before its nodes wait for the next one
+SETTLE_SECONDS = 120  # how long a sweep waits for a dead run's server or volume to settle (recovery.settled)
 
 
 class Signer:

@@ -176,15 +176,32 @@ def test_under_admin_credentials_another_projects_stack_of_the_same_name_is_unto
     assert {query.get("project_id") for _, query in cloud.queries} == {PROJECT}
 
 
-def test_what_another_run_is_still_making_is_kept():
-    """A server in BUILD has no ID in the other run's state yet (the provider sets it before its ACTIVE wait), and
-    Cinder deletes no volume while it is `creating`."""
+def test_what_is_still_being_made_is_kept_until_it_settles():
+    """A server in BUILD (the provider records its ID only once Nova answers the create, and a killed run never
+    does) and a volume Cinder is still `creating`: kept while they change (Cinder deletes no volume in creating),
+    waited for a while under the stack's lock (only a dead run of this stack can have left them), deleted once
+    settled, and kept if they never settle in time."""
     cloud = FakeCloud(servers=[_server("s-building", "otc-k3s-1", status="BUILD")],
                       volumes=[_volume("v-creating", "otc-k3s-1-data", status="creating")])
     orphans = recovery.find_orphans(cloud, _ownership(), known=set())
-    assert [(o.id, bool(o.kept)) for o in orphans] == [("s-building", True), ("v-creating", True)]
+    assert [(o.id, o.kept, o.changing) for o in orphans] == [
+        ("s-building", "still BUILD: Nova is not done with it", True), ("v-creating", "status creating", True)]
     recovery.delete_orphans(cloud, orphans, lambda line: None)
     assert cloud.deleted == []
+
+    now, slept = [0.0], []
+
+    def sleep(seconds):  # Nova and Cinder finish while the sweep waits
+        slept.append(seconds)
+        now[0] += seconds
+        cloud.resources["servers"][0].status, cloud.resources["volumes"][0].status = "ACTIVE", "available"
+
+    found = recovery.settled(lambda: recovery.find_orphans(cloud, _ownership(), set()), 120, sleep, lambda: now[0])
+    assert [(o.id, o.kept) for o in found] == [("s-building", ""), ("v-creating", "")] and slept == [5.0]
+    cloud.resources["servers"][0].status = "BUILD"
+    never = recovery.settled(lambda: recovery.find_orphans(cloud, _ownership(), set()), 12, lambda s: now.__setitem__(
+        0, now[0] + s), lambda: now[0])
+    assert [(o.id, bool(o.kept)) for o in never] == [("s-building", True), ("v-creating", False)]
 
 
 @pytest.mark.parametrize("device_owner", recovery.ROUTER_INTERFACE_OWNERS)
@@ -325,7 +342,7 @@ def test_the_orphans_command_lists_read_only_and_deletes_only_when_asked(monkeyp
     found = [recovery.Orphan("server", "s-orphan", "otc-k3s-1", "ACTIVE"),
              recovery.Orphan("volume", "v-attached", "otc-k3s-2-data", "in-use", "attached")]
     monkeypatch.setattr(tool, "require_pulumi_cli", lambda: None)
-    monkeypatch.setattr(tool.LazyStack, "orphans", lambda self: (cloud, found))
+    monkeypatch.setattr(tool.LazyStack, "orphans", lambda self, settle: (cloud, found))
     monkeypatch.setattr(tool.LazyStack, "holding", lambda self: locks.holding(f"file://{tmp_path}", "o/p/otc"),
                         raising=False)
     (tmp_path / "otc.passphrase").write_text("otc's own")
