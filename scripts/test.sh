@@ -34,12 +34,14 @@ export PATH="$PWD/venv/bin:$PATH"
 bash scripts/policy-venv.sh
 
 # Integration tier prerequisites that need the network: the pinned CLI, the k3s stand-in's Kubernetes
-# binaries and the local cloud's packages. All are cached outside the repo; a second run takes seconds.
+# binaries, the S3 object store of the shared state backend and the local cloud's packages. All are
+# cached outside the repo; a second run takes seconds.
 # The tests say what is missing otherwise.
 if pulumi_bin=$(bash scripts/install-pulumi.sh); then
   export PATH="$pulumi_bin:$PATH"
 fi
 bash scripts/install-kubernetes.sh >/dev/null || echo "warning: the Kubernetes binaries did not build" >&2
+bash scripts/install-objectstore.sh >/dev/null || echo "warning: the S3 object store (versitygw) did not build" >&2
 if [ "$(id -u)" -eq 0 ]; then
   bash tests/integration/localcloud/localcloud.sh install || echo "warning: the local cloud did not install" >&2
 fi

@@ -12,6 +12,7 @@ from tests.validators import assert_shellcheck_clean
 
 def test_scripts_pass_shellcheck():
     for script in ("scripts/up.sh", "scripts/test.sh", "scripts/bench.sh", ".ci/run", "scripts/install-pulumi.sh", "scripts/install-kubernetes.sh",
+                   "scripts/install-objectstore.sh",
                    "tests/integration/localcloud/localcloud.sh"):
         assert_shellcheck_clean((ROOT / script).read_text(), "bash")
 
