@@ -41,7 +41,8 @@ pulumi.export("locality", cockroach.locality)
 pulumi.export("caCertificate", trust.ca_pem)
 pulumi.export("clientCaCertificate", trust.client_ca_pem)
 # What the seed signs: this stack's node key stays here, only the requests leave it.
-pulumi.export("certificateRequests", {"node": identity.requests.node, "client": identity.requests.client})
+pulumi.export("certificateRequests", {"node": identity.requests.node, "client": identity.requests.client,
+                                      "ops": identity.requests.ops})
 pulumi.export("certificatesSigned", pulumi.Output.all(trust.node_cert_pem, trust.node_client_cert_pem).apply(all))
 if cockroach.seed is not None:
     seed = cockroach.seed

@@ -244,10 +244,11 @@ class InstantSigner(Signer):
     def _sign(self, batch: list[str]) -> None:
         self.taken.update(batch)
         for name in batch:
-            node, client = self.requests[name]["node"], self.requests[name]["client"]
-            write_signature(self.directory, self.members[name].qualified_name(), requests_digest(node, client),
+            node, client, ops = (self.requests[name][kind] for kind in ("node", "client", "ops"))
+            write_signature(self.directory, self.members[name].qualified_name(), requests_digest(node, client, ops),
                             node=_sign(node, self.ca_keys["node cert"], self.ca_keys["node key"], server=True),
-                            client=_sign(client, self.ca_keys["client cert"], self.ca_keys["client key"]))
+                            client=_sign(client, self.ca_keys["client cert"], self.ca_keys["client key"]),
+                            ops=_sign(ops, self.ca_keys["client cert"], self.ca_keys["client key"]))
 
 
 def _sign(request_pem: str, ca_pem: str, key_pem: str, server: bool = False) -> str:

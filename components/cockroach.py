@@ -15,6 +15,7 @@ from .federation import (
     spread_join, stack_output, warn_if_readable,
 )
 from .kubernetes import KubeNode
+from .ops_user import OPS_CERT_FILE, OPS_KEY_FILE, OPS_USER
 from .settings import COCKROACH_PORT, Settings
 from .signature import SignatureWait
 
@@ -47,7 +48,7 @@ class Seed:
             [(c.member, [f"{ip}:{COCKROACH_PORT}" for ip in v[0][:OWN_JOIN_COUNT]])]
             + [("federation", [a for a in v[1] if a not in v[2]] + list(c.join_addresses))]))
         self.trust = Trust(self.authority.ca_pem, self.authority.client_ca_pem, identity.key_pem,
-                           own.node, own.client, join)
+                           own.node, own.client, join, ops_client_cert_pem=own.ops)
 
 
 def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.ResourceOptions) -> Trust:
@@ -56,12 +57,14 @@ def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.Resour
 
     Nothing read from the seed is taken on trust: its CA certificates must be the ones the member pinned
     (caSha256, clientCaSha256: handed over out of band, as k3s's K10 token pins its CA), and each signed
-    certificate must chain to them and be for this stack's own key."""
+    certificate must chain to them and be for this stack's own key. The SQL user's certificate comes only from the
+    seed's output (or its signing within this `up`): None until the seed has signed this stack's request for it."""
     c = settings.cockroach
     explicit = list(c.join_addresses)
     if not c.seed_stack:
         ca, client_ca = pulumi.Output.from_input(c.ca_certificate), pulumi.Output.from_input(c.client_ca_certificate)
         node, client = pulumi.Output.from_input(c.node_certificate), pulumi.Output.from_input(c.node_client_certificate)
+        ops = pulumi.Output.from_input(None)
         source, join = "crdb-federation:caCertificate", pulumi.Output.from_input(explicit)
     else:
         seed = pulumi.StackReference(c.seed_stack, opts=opts)
@@ -83,22 +86,24 @@ def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.Resour
         own = fully_qualified_stack()
         signed = pulumi.Output.all(output("signedCertificates"), seed_member).apply(lambda v: v[0].get(own) or {})
         published = signed.apply(lambda s: (s.get("node") or c.node_certificate,
-                                            s.get("client") or c.node_client_certificate))
+                                            s.get("client") or c.node_client_certificate, s.get("ops")))
         # Signed within this `up` when the federation tool joins it (components/signature.py).
         wait = SignatureWait(f"{c.member}-signature", stack=own, node_request=identity.requests.node,
-                             client_request=identity.requests.client,
+                             client_request=identity.requests.client, ops_request=identity.requests.ops,
                              wanted=pulumi.Output.all(published, identity.requests.node).apply(
                                  lambda v: not answers(v[0][0], v[1])), opts=opts)
-        chosen = pulumi.Output.all(published, wait.node, wait.client, identity.requests.node).apply(
-            lambda v: v[0] if answers(v[0][0], v[3]) or not v[1] else (v[1], v[2]))
-        node, client = chosen.apply(lambda pair: pair[0]), chosen.apply(lambda pair: pair[1])
+        chosen = pulumi.Output.all(published, wait.node, wait.client, wait.ops, identity.requests.node).apply(
+            lambda v: v[0] if answers(v[0][0], v[4]) or not v[1] else (v[1], v[2], v[3] or None))
+        node, client, ops = (chosen.apply(lambda three, i=i: three[i]) for i in range(3))
         join = output("federationJoin").apply(lambda seed_join: list(dict.fromkeys(list(seed_join) + explicit)))
     # The check reads the (secret) key; what it passes on is the certificate, which is public.
     node = pulumi.Output.unsecret(pulumi.Output.all(node, ca, identity.key_pem).apply(
         lambda v: signed_for(v[0], v[1], v[2], f"the node certificate from {source}")))
     client = pulumi.Output.unsecret(pulumi.Output.all(client, client_ca, identity.key_pem).apply(
         lambda v: signed_for(v[0], v[1], v[2], f"the client.node certificate from {source}")))
-    return Trust(ca, client_ca, identity.key_pem, node, client, join)
+    ops = pulumi.Output.unsecret(pulumi.Output.all(ops, client_ca, identity.key_pem).apply(
+        lambda v: signed_for(v[0], v[1], v[2], f"the client.{OPS_USER} certificate from {source}")))
+    return Trust(ca, client_ca, identity.key_pem, node, client, join, ops_client_cert_pem=ops)
 
 
 def _other_than(seed_member: str, member: str) -> str:
@@ -184,6 +189,7 @@ class CockroachNodes(pulumi.ComponentResource):
         signed = spec.apply(lambda s: all(n.signed for n in s.nodes))
         self.node_secret = self._secret(name, spec, m.NODE_SECRET, pulumi.Output.all(
             trust.ca_pem, trust.client_ca_pem, trust.node_key_pem, trust.node_cert_pem, trust.node_client_cert_pem,
+            trust.ops_client_cert_pem,
         ).apply(lambda v: node_files(*v)), in_namespace)
         self._apply(k8s.core.v1.Service, f"{name}-public", spec.apply(m.render_public_service), in_namespace)
         # No PodDisruptionBudget: a budget with maxUnavailable does not apply to a DaemonSet's pods (no scale
@@ -254,9 +260,14 @@ class CockroachNodes(pulumi.ComponentResource):
         return made
 
 
-def node_files(ca: str, client_ca: str, key: str, cert: Optional[str], client_cert: Optional[str]) -> dict[str, str]:
-    """The node secret's files; the certificates only once the seed has signed them (the pods wait for them)."""
+def node_files(ca: str, client_ca: str, key: str, cert: Optional[str], client_cert: Optional[str],
+               ops_cert: Optional[str] = None) -> dict[str, str]:
+    """The node secret's files; the certificates only once the seed has signed them (the pods wait for them). The
+    SQL user's certificate and key (the node key) under the names the CLI loads for --user (the OS upgrade's gate
+    runs it in the pod), once signed."""
     files = {"ca.crt": ca, "ca-client.crt": client_ca, "node.key": key, "client.node.key": key}
     if cert and client_cert:
         files.update({"node.crt": cert, "client.node.crt": client_cert})
+    if ops_cert:
+        files.update({OPS_CERT_FILE: ops_cert, OPS_KEY_FILE: key})
     return files

@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from .ops_user import ops_user_statements
 from .settings import COCKROACH_HTTP_PORT, COCKROACH_PORT, COCKROACH_SQL_PORT
 
 APP = "cockroachdb"
@@ -242,8 +243,9 @@ def replication_statement(factor: str) -> str:
 
 
 def render_cluster_settings_script(host: str, pinned_factor: int) -> str:
-    """Re-runnable (a CronJob): the licence and organisation from the mounted secret, and the default
-    replication factor, pinned or following the clouds present."""
+    """Re-runnable (a CronJob): the members' SQL user with its grants and lease table (first: it needs no licence),
+    the licence and organisation from the mounted secret, and the default replication factor, pinned or following
+    the clouds present."""
     def sql(*words: str) -> str:
         return _client_command("sql", _host(host, COCKROACH_SQL_PORT), *words)
 
@@ -252,6 +254,7 @@ def render_cluster_settings_script(host: str, pinned_factor: int) -> str:
     lines = [
         "#!/bin/bash",
         "set -euo pipefail",
+        sql(*[f"--execute={statement}" for statement in ops_user_statements()]),
         f'licence_dir="${{LICENCE_DIR:-/etc/crdb-federation/licence}}"',
         'organisation=$(cat "$licence_dir/organization")',
         'licence=$(cat "$licence_dir/license")',

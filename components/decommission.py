@@ -10,9 +10,10 @@ One resource per node serves scale-down; one per cloud, which depends on all of 
 deleted first when the whole stack goes, decommissions every node of the cloud at once (CockroachDB
 moves each replica once, not once per node) after checking that the whole cloud may leave.
 
-Credential: the member's own node client certificate (user `node`), which it holds anyway to run its
-nodes; no CA key and no `root` certificate. `node` is CockroachDB's internal superuser, so this is all a
-member's operator can do in the cluster anyway, never more.
+Credentials: no CA key and no `root` certificate. The job's RPCs go with the member's own node client certificate
+(user `node`, which it holds anyway to run its nodes). Its SQL logs in as the SQL user the seed made for members'
+operations (components/ops_user.py: CockroachDB refuses a SQL login as `node`), with the client certificate the seed
+signed for this stack's own node key; that user may read the cluster's nodes and the lease table, nothing more.
 
 Where the SQL goes: `cockroach node decommission` drains every target before it marks it decommissioned, and a
 drained node closes its SQL connections and refuses new ones (pkg/cli/node.go runDecommissionNodeImpl,
@@ -37,6 +38,7 @@ import pulumi.dynamic as dynamic
 
 from .cluster import UNKNOWN_CLOUD, Node, read_nodes, read_replication_factor
 from .kube_api import KubeApi
+from .ops_user import LEASE_DATABASE, LEASE_TABLE, OPS_CERT_FILE, OPS_USER
 from .settings import COCKROACH_PORT, COCKROACH_SQL_PORT
 from .tls_files import write_private
 
@@ -83,11 +85,8 @@ def plan_decommission(nodes: Sequence[Node], addresses: Sequence[str], replicati
 # engine (the provider process's lock serialises one stack only), so two clouds removed at once could each
 # pass the check above against a cluster that still counts the other. The check and the claim are one
 # serializable transaction; CockroachDB makes one of two concurrent ones retry, and the retry sees the other's
-# lease. A lease expires with the decommission's own deadline, so one left by a killed run does not block.
-LEASE_TABLE = "crdb_federation.decommissions"
-LEASE_SCHEMA = ("CREATE DATABASE IF NOT EXISTS crdb_federation",
-                f"CREATE TABLE IF NOT EXISTS {LEASE_TABLE} (holder STRING PRIMARY KEY, addresses STRING[] NOT NULL, "
-                "expires TIMESTAMPTZ NOT NULL)")
+# lease. A lease expires with the decommission's own deadline, so one left by a killed run does not block. The seed
+# makes the table and grants the members' SQL user what these statements need (components/ops_user.py).
 # First in the transaction: a cluster or role whose default isolation is READ COMMITTED would let two removals
 # each miss the other's lease (write skew); SERIALIZABLE makes one of them retry (cockroachdb/cockroach#118479).
 SERIALIZABLE_SQL = "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"
@@ -113,8 +112,6 @@ def plan_under_lease(connection: Any, holder: str, addresses: Sequence[str], sec
     this removal's own targets taken in the same transaction (a rerun with nothing left drops its old one)."""
     from psycopg.errors import SerializationFailure
 
-    for statement in LEASE_SCHEMA:
-        connection.execute(statement)
     for _ in range(LEASE_ATTEMPTS):
         try:
             with connection.transaction():
@@ -142,9 +139,19 @@ def sql_addresses(hosts: Sequence[str]) -> str:
     return ", ".join(f"{h}:{COCKROACH_SQL_PORT}" for h in hosts)
 
 
+class LoginRefused(ConnectionError):
+    """The cluster refused the login itself (every node would: users are the cluster's)."""
+
+
+def login_refused(error: BaseException) -> bool:
+    """pgwire's answer to a user without a row in system.users, or a certificate that is not for the user
+    (pkg/sql/pgwire/auth.go handleAuthentication; pgcode 28000, invalid_authorization_specification)."""
+    return getattr(error, "sqlstate", None) == "28000" or "authentication failed for user" in str(error)
+
+
 def first_session(hosts: Sequence[str], connect: Callable[[str], Any]) -> Any:
     """A session through the first of `hosts` that answers, opened to crdb_internal; ConnectionError lists what
-    each one said."""
+    each one said, LoginRefused what the first one said when it refused the login."""
     import psycopg
 
     seen = []
@@ -157,7 +164,10 @@ def first_session(hosts: Sequence[str], connect: Callable[[str], Any]) -> Any:
         except (psycopg.Error, OSError) as error:
             if connection is not None:
                 connection.close()
-            seen.append(f"{host}:{COCKROACH_SQL_PORT}: {first_line(error)}")
+            said = f"{host}:{COCKROACH_SQL_PORT}: {first_line(error)}"
+            if login_refused(error):
+                raise LoginRefused(said) from None
+            seen.append(said)
     raise ConnectionError("; ".join(seen) or "no SQL address to try")
 
 
@@ -166,7 +176,8 @@ def first_line(error: BaseException) -> str:
 
 
 class SqlEndpoint:
-    """Connects as `node` with the member's node client certificate, verifying the node CA."""
+    """Connects as the members' SQL user (OPS_USER) with the client certificate the seed signed for it, verifying
+    the node CA; into the lease's database (that user has no business in `system`)."""
 
     def __init__(self, ca_pem: str, cert_pem: str, key_pem: str, timeout: int = 10):
         self.ca_pem, self.cert_pem, self.key_pem, self.timeout = ca_pem, cert_pem, key_pem, timeout
@@ -178,9 +189,18 @@ class SqlEndpoint:
             files = {name: write_private(os.path.join(directory, name), text) for name, text in (
                 ("ca.crt", self.ca_pem), ("client.crt", self.cert_pem), ("client.key", self.key_pem))}
             return psycopg.connect(
-                host=host, port=COCKROACH_SQL_PORT, user="node", dbname="system", autocommit=True,
+                host=host, port=COCKROACH_SQL_PORT, user=OPS_USER, dbname=LEASE_DATABASE, autocommit=True,
                 connect_timeout=self.timeout, sslmode="verify-full", sslrootcert=files["ca.crt"],
                 sslcert=files["client.crt"], sslkey=files["client.key"])
+
+
+# A stack whose seed has not signed its third request (or one built before there was one): its SQL has no login.
+NO_OPS_CERTIFICATE = (
+    f"this stack has no client certificate for the SQL user {OPS_USER} ({OPS_CERT_FILE}), which a removal's checks "
+    "and lease log in as; nothing was deleted. The seed's operator runs `up` on the seed (it signs this stack's "
+    "request for it), then run `up` on this stack (it installs the certificate and records it for its removal), "
+    f"then the removal again. For nodes that never joined, set {FORCE_KEY} true (or {FORCE_ENVIRONMENT}=true for "
+    "this run).")
 
 
 def run_decommission_job(kube: KubeApi, manifest: dict[str, Any], timeout: float,
@@ -242,7 +262,9 @@ def decommission(props: dict[str, Any], *, connect: Optional[Callable[[str], Any
     if not props.get("certPem"):
         # The seed never signed this stack's certificates: its nodes never started, so never joined.
         return []
-    connect = connect or SqlEndpoint(props["caPem"], props["certPem"], props["keyPem"]).connect
+    if not props.get("opsCertPem"):
+        raise DecommissionRefused(NO_OPS_CERTIFICATE)
+    connect = connect or SqlEndpoint(props["caPem"], props["opsCertPem"], props["keyPem"]).connect
     holder = props.get("leaseHolder") or props["jobName"]
     seconds = int(props["timeoutSeconds"])
     which = ", ".join(props["addresses"])
@@ -298,6 +320,11 @@ def _session_that_stays(props: dict[str, Any], leaving: Collection[str], connect
             f"{sql_addresses(props['sqlHosts']) or 'none'} is leaving). {then}")
     try:
         return first_session(staying, connect)
+    except LoginRefused as error:
+        raise DecommissionRefused(
+            f"the cluster refused the SQL login as {OPS_USER} {why} ({error}). The seed makes that user and its "
+            "grants (its cluster-settings job, within 10 minutes of the seed's `up`): the seed's operator runs `up` "
+            f"on the seed, and once that job has run, run the removal again. {then}") from None
     except ConnectionError as error:
         raise DecommissionRefused(
             f"cannot reach the cluster {why}: no node that stays answered ({error}). This machine must reach the "
@@ -357,6 +384,7 @@ class Decommission(dynamic.Resource):
                 "sqlHosts": own.sql_hosts,
                 "caPem": own.ca_pem,
                 "certPem": own.cert_pem,
+                "opsCertPem": own.ops_cert_pem,
                 "keyPem": pulumi.Output.secret(own.key_pem),
                 "kubeconfig": pulumi.Output.secret(own.kubeconfig),
                 "namespace": own.namespace,
@@ -371,13 +399,16 @@ class Decommission(dynamic.Resource):
 
 
 class OwnNodes:
-    """What every Decommission of one stack shares: its nodes' addresses and its credentials."""
+    """What every Decommission of one stack shares: its nodes' addresses and its credentials (`cert_pem`: the node
+    client certificate, for the job's RPCs; `ops_cert_pem`: the SQL user's, for the checks and the lease)."""
 
     def __init__(self, *, stack: str, addresses: pulumi.Input[Sequence[str]], private_ips: pulumi.Input[Sequence[str]],
                  sql_hosts: pulumi.Input[Sequence[str]], ca_pem: pulumi.Input[str],
                  cert_pem: pulumi.Input[Optional[str]], key_pem: pulumi.Input[str], kubeconfig: pulumi.Input[str],
-                 namespace: str, image: str, cluster_name: str):
+                 namespace: str, image: str, cluster_name: str,
+                 ops_cert_pem: pulumi.Input[Optional[str]] = None):
         self.stack = stack  # the full stack name: unique in the federation
         self.addresses, self.private_ips, self.sql_hosts = addresses, private_ips, sql_hosts
         self.ca_pem, self.cert_pem, self.key_pem, self.kubeconfig = ca_pem, cert_pem, key_pem, kubeconfig
+        self.ops_cert_pem = ops_cert_pem
         self.namespace, self.image, self.cluster_name = namespace, image, cluster_name

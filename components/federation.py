@@ -1,11 +1,11 @@
 """Trust between independent operators: the CA keys never leave the seed.
 
-Every stack makes its own node key and two certificate requests (the node certificate, signed by the
-node CA, and `client.node.crt`, signed by the client CA) and publishes the requests. The seed holds
-both CAs; it signs the requests of the member stacks it lists in `members`, checks what they ask for,
-and publishes the certificates and a join list spread over clouds. A member installs what the seed
-signed: its state never holds a CA key, so it can mint neither a `root` client certificate nor a node
-certificate for another cloud's addresses.
+Every stack makes its own node key and three certificate requests for it (the node certificate, signed by the
+node CA; `client.node.crt` and the client certificate of the members' SQL user, components/ops_user.py, both
+signed by the client CA) and publishes the requests. The seed holds both CAs; it signs the requests of the member
+stacks it lists in `members`, checks what they ask for, and publishes the certificates and a join list spread over
+clouds. A member installs what the seed signed: its state never holds a CA key, so it can mint neither a `root`
+client certificate nor a node certificate for another cloud's addresses.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import pulumi
 from pulumi.output import UNKNOWN
 
 from . import pki
+from .ops_user import OPS_USER
 from .settings import is_non_public
 
 NODE_COMMON_NAME = "node"
+# The common name each request must ask for, by its kind (its key in certificateRequests).
+REQUEST_COMMON_NAMES = {"node": NODE_COMMON_NAME, "client": NODE_COMMON_NAME, "ops": OPS_USER}
 # At most this many addresses in a --join list, taken round-robin over clouds.
 JOIN_LIMIT = 5
 
@@ -28,6 +31,7 @@ JOIN_LIMIT = 5
 class CertificateRequests:
     node: pulumi.Output[str]
     client: pulumi.Output[str]
+    ops: pulumi.Output[str]  # the members' SQL user's client certificate (components/ops_user.py)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Trust:
     node_cert_pem: pulumi.Output[Optional[str]]
     node_client_cert_pem: pulumi.Output[Optional[str]]
     join: pulumi.Output[list[str]]
+    # None until the seed signed it (a seed of an earlier version never does): removals and OS upgrades then refuse.
+    ops_client_cert_pem: pulumi.Output[Optional[str]]
 
 
 class StackNotReady(pulumi.RunError):
@@ -85,7 +91,7 @@ def spread_join(clouds: Sequence[tuple[str, Sequence[str]]], limit: int = JOIN_L
 
 
 class NodeIdentity(pulumi.ComponentResource):
-    """This stack's node key (it never leaves the stack) and its two certificate requests."""
+    """This stack's node key (it never leaves the stack) and its three certificate requests."""
 
     def __init__(self, name: str, *, dns_names: Sequence[str], ip_addresses: pulumi.Input[Sequence[str]],
                  opts: Optional[pulumi.ResourceOptions] = None):
@@ -97,14 +103,17 @@ class NodeIdentity(pulumi.ComponentResource):
                                        dns_names=list(dns_names), ip_addresses=ip_addresses, opts=child)
         client = pki.certificate_request(f"{name}-client", key_pem=key.private_key_pem,
                                          common_name=NODE_COMMON_NAME, opts=child)
-        self.requests = CertificateRequests(node.cert_request_pem, client.cert_request_pem)
-        self.register_outputs({"nodeRequest": node.cert_request_pem, "clientRequest": client.cert_request_pem})
+        ops = pki.certificate_request(f"{name}-ops", key_pem=key.private_key_pem, common_name=OPS_USER, opts=child)
+        self.requests = CertificateRequests(node.cert_request_pem, client.cert_request_pem, ops.cert_request_pem)
+        self.register_outputs({"nodeRequest": node.cert_request_pem, "clientRequest": client.cert_request_pem,
+                               "opsRequest": ops.cert_request_pem})
 
 
 @dataclass(frozen=True)
 class SignedCertificates:
     node: pulumi.Output[str]
     client: pulumi.Output[str]
+    ops: pulumi.Output[str]
 
 
 class FederationAuthority(pulumi.ComponentResource):
@@ -133,12 +142,13 @@ class FederationAuthority(pulumi.ComponentResource):
         self.register_outputs({"caCertificate": self.ca_pem, "clientCaCertificate": self.client_ca_pem})
 
     def sign(self, name: str, requests: CertificateRequests) -> SignedCertificates:
-        """Signs a stack's node request with the node CA and its client request with the client CA."""
+        """Signs a stack's node request with the node CA, its client and SQL user's requests with the client CA."""
         node = pki.sign_request(f"{name}-node", request_pem=requests.node, ca_cert_pem=self.ca_pem,
                                 ca_key_pem=self._ca_key, uses=pki.SERVER_AND_CLIENT, opts=self._child)
-        client = pki.sign_request(f"{name}-client", request_pem=requests.client, ca_cert_pem=self.client_ca_pem,
-                                  ca_key_pem=self._client_ca_key, uses=pki.CLIENT_ONLY, opts=self._child)
-        return SignedCertificates(node.cert_pem, client.cert_pem)
+        client, ops = (pki.sign_request(f"{name}-{kind}", request_pem=request, ca_cert_pem=self.client_ca_pem,
+                                        ca_key_pem=self._client_ca_key, uses=pki.CLIENT_ONLY, opts=self._child)
+                       for kind, request in (("client", requests.client), ("ops", requests.ops)))
+        return SignedCertificates(node.cert_pem, client.cert_pem, ops.cert_pem)
 
 
 class AdmissionError(pulumi.RunError):
@@ -251,11 +261,30 @@ def answers(certificate_pem: Optional[str], request_pem: str) -> bool:
     return covers(certificate_pem, *request_addresses(request_pem)[1])
 
 
+def request_problems(stack: str, requests: dict[str, str]) -> list[str]:
+    """A member's requests that ask for another common name than their kind's (CN=root would make its operator the
+    cluster's), or for another key than its node request's (the seed would sign a key the member may not hold)."""
+    problems = []
+    node_key = request_key_fingerprint(requests["node"])
+    for kind, request in requests.items():
+        expected = REQUEST_COMMON_NAMES.get(kind)
+        common_name, _ = request_addresses(request)
+        if expected is None:
+            problems.append(f"{stack}: it sends a {kind!r} request, which the seed does not know")
+        elif common_name != expected:
+            problems.append(f"{stack}: its {kind} request is for CN={common_name!r}, not CN={expected}")
+        if request_key_fingerprint(request) != node_key:
+            problems.append(f"{stack}: its {kind} request is for another key than its node request")
+    return problems
+
+
 def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[str, Any]]) -> None:
     """Refuses, naming the member stack: a locality name already taken (replicas would no longer be spread
-    over clouds), a request for another common name, or for an address another stack's nodes use.
+    over clouds), a request for another common name or key (request_problems), or for an address another
+    stack's nodes use.
 
-    `members` holds, per member stack: stack, member (its cloud= name) and requests (node, client PEM)."""
+    `members` holds, per member stack: stack, member (its cloud= name) and requests (node, client and, from a
+    member of this version on, ops PEM)."""
     problems = []
     names = {seed: "the seed"}
     # Private addresses repeat from cloud to cloud; a public one belongs to one stack.
@@ -265,11 +294,9 @@ def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[
         if name in names:
             problems.append(f"{stack}: its memberName {name!r} (locality cloud={name}) is already {names[name]}'s")
         names.setdefault(name, stack)
+        problems += request_problems(stack, member["requests"])
         for kind, request in member["requests"].items():
-            common_name, ips = request_addresses(request)
-            if common_name != NODE_COMMON_NAME:
-                problems.append(f"{stack}: its {kind} request is for CN={common_name!r}, not CN={NODE_COMMON_NAME}")
-            for ip in ips:
+            for ip in request_addresses(request)[1]:
                 if is_non_public(ip):
                     continue
                 if owners.setdefault(ip, stack) != stack:
@@ -296,6 +323,7 @@ class MemberAdmissions(pulumi.ComponentResource):
                 "or remove it from crdb-federation:members.")
         seen: list[pulumi.Output[dict[str, Any]]] = []
         signed: dict[str, SignedCertificates] = {}
+        sent_ops: dict[str, pulumi.Output[bool]] = {}
         for stack in member_stacks:
             reference = pulumi.StackReference(stack, opts=pulumi.ResourceOptions(parent=self))
             if not shared_secrets:
@@ -306,7 +334,7 @@ class MemberAdmissions(pulumi.ComponentResource):
                 stack=stack,
                 member=stack_output(reference, stack, "member", "members", todo, early and early["member"]),
                 requests=stack_output(reference, stack, "certificateRequests", "members", todo,
-                                      early and {"node": early["node"], "client": early["client"]}),
+                                      early and {k: v for k, v in early.items() if k != "member"}),
                 # Until the stack exports its addresses, the others join through the seed's and each other's.
                 join=reference.get_output("joinAddresses").apply(lambda addresses: addresses or []) if early
                 else stack_output(reference, stack, "joinAddresses", "members", todo),
@@ -318,9 +346,12 @@ class MemberAdmissions(pulumi.ComponentResource):
             requests = checked.apply(lambda members, i=index: members[i]["requests"])
             requests = self._pinned_key(f"{name}-{short}", stack, requests, stack in allow_rekey)
             signed[stack] = authority.sign(f"{name}-{short}", CertificateRequests(
-                requests.apply(lambda r: r["node"]), requests.apply(lambda r: r["client"])))
+                requests.apply(lambda r: r["node"]), requests.apply(lambda r: r["client"]),
+                requests.apply(ops_request_or_stand_in)))
+            sent_ops[stack] = requests.apply(lambda r: bool(r.get("ops")))
         self.signed = pulumi.Output.all(**{
-            stack: pulumi.Output.all(node=s.node, client=s.client) for stack, s in signed.items()}
+            stack: pulumi.Output.all(node=s.node, client=s.client, ops=s.ops, sent_ops=sent_ops[stack]).apply(
+                published_certificates) for stack, s in signed.items()}
         ) if signed else pulumi.Output.from_input({})
         self.federation_join = pulumi.Output.all(seed_join, checked).apply(lambda v: spread_join(
             [(seed_member, v[0])] + [(m["member"], m["join"]) for m in v[1]]))
@@ -345,6 +376,22 @@ class MemberAdmissions(pulumi.ComponentResource):
             return current
 
         return pulumi.Output.all(requests, stash.output, key).apply(same)
+
+
+def ops_request_or_stand_in(requests: dict[str, str]) -> str:
+    """The request the SQL user's certificate is signed for. Which resources exist cannot depend on what an output
+    holds, so a member that sends no such request (one of an earlier version) has its client request signed a second
+    time as a stand-in: CN=node, its own key and the client CA, exactly its client.node certificate, which
+    published_certificates publishes nowhere. Its own request replaces it once it sends one."""
+    return requests.get("ops") or requests["client"]
+
+
+def published_certificates(signed: dict[str, Any]) -> dict[str, str]:
+    """What the seed publishes for a member: node and client, and ops when the member asked for it."""
+    published = {"node": signed["node"], "client": signed["client"]}
+    if signed["sent_ops"]:
+        published["ops"] = signed["ops"]
+    return published
 
 
 def request_key_fingerprint(request_pem: str) -> str:

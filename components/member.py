@@ -108,6 +108,7 @@ class CloudMember(pulumi.ComponentResource):
                 list(v[0]) + [split_address(a)[0] for a in v[1]]))),
             ca_pem=trust.ca_pem,
             cert_pem=trust.node_client_cert_pem,
+            ops_cert_pem=trust.ops_client_cert_pem,
             key_pem=trust.node_key_pem,
             kubeconfig=kubeconfig,
             namespace=settings.cockroach.namespace,

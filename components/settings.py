@@ -247,7 +247,8 @@ class _Reader:
         return tuple(value)
 
     def early_requests(self, key: str, members: Sequence[str]) -> dict[str, dict[str, str]]:
-        """stack -> {member, node, client}: a listed member stack's name and two PEM certificate requests."""
+        """stack -> {member, node, client[, ops]}: a listed member stack's name and its PEM certificate requests (the
+        SQL user's, ops, from members of this version on)."""
         raw = self.values.get(key)
         if raw is None or raw == "":
             return {}
@@ -255,16 +256,17 @@ class _Reader:
             value = json.loads(raw) if isinstance(raw, str) else raw
         except json.JSONDecodeError:
             value = None
-        expected = "a mapping of member stacks to {member, node, client} (a name and two PEM certificate requests)"
+        expected = ("a mapping of member stacks to {member, node, client[, ops]} (a name and two or three PEM "
+                    "certificate requests)")
         if not isinstance(value, dict) or not all(
-                isinstance(v, dict) and set(v) == {"member", "node", "client"} and all(
+                isinstance(v, dict) and set(v) - {"ops"} == {"member", "node", "client"} and all(
                     isinstance(x, str) and x for x in v.values()) for v in value.values()):
             self.problem(key, "(requests)", expected)
             return {}
         for stack, entry in value.items():
             if not _STACK_NAME.match(stack):
                 self.problem(key, stack, "full stack names, organization/project/stack")
-            if not all(_loads_as_request(entry[kind]) for kind in ("node", "client")):
+            if not all(_loads_as_request(request) for kind, request in entry.items() if kind != "member"):
                 self.problem(key, stack, expected)
         return {stack: dict(entry) for stack, entry in value.items()}
 

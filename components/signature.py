@@ -29,11 +29,15 @@ SIGNATURES_DIR = "CRDB_SIGNATURES_DIR"
 WAIT_SECONDS = "CRDB_SIGNATURE_WAIT"
 DEFAULT_WAIT = 600.0
 PROVIDER_KEY = "__provider"
+# What a signature holds: the node certificate, client.node's and the members' SQL user's (components/ops_user.py).
+SIGNED = ("node", "client", "ops")
 
 
-def requests_digest(node_request: str, client_request: str) -> str:
-    """What a signature answers: the SHA-256 of both requests."""
-    return hashlib.sha256((node_request.strip() + "\n" + client_request.strip()).encode()).hexdigest()
+def requests_digest(node_request: str, client_request: str, ops_request: str = "") -> str:
+    """What a signature answers: the SHA-256 of the requests (the SQL user's, when sent: without it, the digest of a
+    member that sends two is what it was)."""
+    requests = [node_request, client_request] + ([ops_request] if ops_request else [])
+    return hashlib.sha256("\n".join(r.strip() for r in requests).encode()).hexdigest()
 
 
 def signature_file(directory: Path, stack: str) -> Path:
@@ -41,13 +45,14 @@ def signature_file(directory: Path, stack: str) -> Path:
     return Path(directory) / (stack.replace("/", "+") + ".json")
 
 
-def write_signature(directory: Path, stack: str, digest: str, *, node: str = "", client: str = "",
+def write_signature(directory: Path, stack: str, digest: str, *, node: str = "", client: str = "", ops: str = "",
                     refused: str = "") -> None:
     """The tool's side: the certificates for the requests `digest`, or why there are none (the wait ends)."""
     path = signature_file(directory, stack)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".partial")
-    temporary.write_text(json.dumps({"requests": digest, "node": node, "client": client, "refused": refused}))
+    temporary.write_text(json.dumps({"requests": digest, "node": node, "client": client, "ops": ops,
+                                     "refused": refused}))
     temporary.replace(path)  # whole or absent: the wait never reads half a file
 
 
@@ -63,17 +68,16 @@ def wait_for_signature(path: Path, digest: str, timeout: float, *, interval: flo
         except (OSError, ValueError):
             found = {}
         if found.get("requests") == digest and (found.get("node") or found.get("refused")):
-            return {"node": found.get("node") or "", "client": found.get("client") or "",
-                    "refused": found.get("refused") or ""}
+            return {kind: found.get(kind) or "" for kind in (*SIGNED, "refused")}
         if clock() >= deadline:
-            return {"node": "", "client": "", "refused": f"no signature within {timeout:.0f}s"}
+            return {**dict.fromkeys(SIGNED, ""), "refused": f"no signature within {timeout:.0f}s"}
         sleep(interval)
 
 
 class _SignatureWaitProvider(dynamic.ResourceProvider):
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         directory = os.environ.get(SIGNATURES_DIR)
-        found = {"node": "", "client": "", "refused": "not joined through the federation tool"}
+        found = {**dict.fromkeys(SIGNED, ""), "refused": "not joined through the federation tool"}
         if props["wanted"] and directory:
             found = wait_for_signature(signature_file(Path(directory), props["stack"]), props["requests"],
                                        float(os.environ.get(WAIT_SECONDS) or DEFAULT_WAIT))
@@ -89,7 +93,7 @@ class _SignatureWaitProvider(dynamic.ResourceProvider):
         return dynamic.DiffResult(changes=changed, replaces=["requests"] if again else [])
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        return dynamic.UpdateResult(outs={**news, **{k: olds.get(k, "") for k in ("node", "client", "refused")}})
+        return dynamic.UpdateResult(outs={**news, **{k: olds.get(k, "") for k in (*SIGNED, "refused")}})
 
 
 class SignatureWait(dynamic.Resource):
@@ -98,10 +102,12 @@ class SignatureWait(dynamic.Resource):
 
     node: pulumi.Output[str]
     client: pulumi.Output[str]
+    ops: pulumi.Output[str]
 
     def __init__(self, name: str, *, stack: str, node_request: pulumi.Input[str], client_request: pulumi.Input[str],
-                 wanted: pulumi.Input[bool], opts: Optional[pulumi.ResourceOptions] = None):
-        digest = pulumi.Output.all(node_request, client_request).apply(lambda v: requests_digest(v[0], v[1]))
+                 wanted: pulumi.Input[bool], ops_request: pulumi.Input[str] = "",
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        digest = pulumi.Output.all(node_request, client_request, ops_request).apply(lambda v: requests_digest(*v))
         super().__init__(_SignatureWaitProvider(), name,
-                         {"stack": stack, "requests": digest, "wanted": wanted, "node": None, "client": None,
-                          "refused": None}, opts)
+                         {"stack": stack, "requests": digest, "wanted": wanted, "refused": None,
+                          **dict.fromkeys(SIGNED)}, opts)

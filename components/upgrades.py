@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 from .cockroach_manifests import APP, CERTS_DIR, COCKROACH_BIN
 from .decommission import ALLOW_INTERNALS_SQL
+from .ops_user import OPS_CERT_FILE, OPS_USER
 from .settings import COCKROACH_SQL_PORT
 
 NAMESPACE = "system-upgrade"
@@ -56,15 +57,25 @@ GATE_SQL = (
 SQL_SECONDS = 60
 
 
+# The gate's exit code when this node holds no client certificate for OPS_USER: waiting would not bring one.
+NO_OPS_CERTIFICATE_EXIT = 3
+
+
 def cluster_query_command() -> str:
-    """GATE_SQL through the CockroachDB container of this very node (k3s's crictl, the pod's own binary and node
-    certificates): no credential leaves the pod, and SQL needs no port beyond the node itself."""
+    """GATE_SQL through the CockroachDB container of this very node (k3s's crictl, the pod's own binary and the
+    certificates of its node secret), logged in as the members' SQL user (components/ops_user.py: CockroachDB
+    refuses a SQL login as `node`): no credential leaves the pod, and SQL needs no port beyond the node itself.
+    Returns NO_OPS_CERTIFICATE_EXIT when the pod has no certificate for that user."""
     container = f"k3s crictl ps --quiet --label io.kubernetes.container.name={APP} | head -n 1"
-    sql = (f"{COCKROACH_BIN} sql --certs-dir={CERTS_DIR} --user=node --host=127.0.0.1:{COCKROACH_SQL_PORT} "
+    sql = (f"{COCKROACH_BIN} sql --certs-dir={CERTS_DIR} --user={OPS_USER} --host=127.0.0.1:{COCKROACH_SQL_PORT} "
            f"--format=csv --execute={shlex.quote(ALLOW_INTERNALS_SQL)} --execute={shlex.quote(GATE_SQL)}")
     return "\n".join([
         f"  container=$({container})",
         '  [ -n "$container" ] || return 1',
+        # A failed exec (the container just went) is no answer: only the pod's own word that the file is absent is.
+        f'  certificate=$(k3s crictl exec "$container" /bin/bash -c '
+        f"'[ -s {CERTS_DIR}/{OPS_CERT_FILE} ] && echo present || echo absent') || return 1",
+        f'  [ "$certificate" = present ] || return {NO_OPS_CERTIFICATE_EXIT}',
         f'  timeout {SQL_SECONDS} k3s crictl exec "$container" {sql}',
     ])
 
@@ -72,7 +83,8 @@ def cluster_query_command() -> str:
 def os_upgrade_gate_script(http_port: int) -> str:
     """The OS plan's prepare step, on the node itself (chroot into the host the controller mounts at /host; its Job
     pods use the host's network). Waits until every CockroachDB node of this cloud is ready (/health?ready=1 needs
-    no authentication: CockroachDB docs, monitoring-and-alerting) and the cluster answers GATE_SQL with 0,0."""
+    no authentication: CockroachDB docs, monitoring-and-alerting) and the cluster answers GATE_SQL with 0,0. A node
+    without the SQL user's certificate refuses at once, naming what to run (the Job tries again later)."""
     return "\n".join([
         "set -eu",
         "cluster_answer() {",
@@ -82,7 +94,16 @@ def os_upgrade_gate_script(http_port: int) -> str:
         f"  for ip in ${NODES_ENV}; do",
         f'    curl -fsk --max-time 5 "https://$ip:{http_port}/health?ready=1" >/dev/null || return 1',
         "  done",
-        "  answer=$(cluster_answer) || return 1",
+        "  status=0",
+        "  answer=$(cluster_answer) || status=$?",
+        f'  if [ "$status" -eq {NO_OPS_CERTIFICATE_EXIT} ]; then',
+        f'    echo "crdb-federation: this node has no client certificate for the SQL user {OPS_USER}'
+        f' ({CERTS_DIR}/{OPS_CERT_FILE}), which the health gate logs in as. The seed\'s operator runs up on the seed'
+        " (it signs this cloud's request for it), then this cloud's up installs it; not upgrading $(hostname),"
+        ' which stays schedulable" >&2',
+        "    exit 1",
+        "  fi",
+        '  [ "$status" -eq 0 ] || return 1',
         "  [ \"$(printf '%s\\n' \"$answer\" | tail -n 1)\" = 0,0 ]",
         "}",
         "waited=0",

@@ -540,8 +540,8 @@ def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, n
 
 
 CSR_TYPE = "tls:index/certRequest:CertRequest"
-# components/federation.py NodeIdentity's two requests, through components/pki.py certificate_request.
-REQUEST_SUFFIXES = {"-identity-node-csr": "node", "-identity-client-csr": "client"}
+# components/federation.py NodeIdentity's three requests, through components/pki.py certificate_request.
+REQUEST_SUFFIXES = {"-identity-node-csr": "node", "-identity-client-csr": "client", "-identity-ops-csr": "ops"}
 SIGNATURE_WAIT = 600  # seconds a member's `up` waits for its signature before its nodes wait for the next one
 SETTLE_SECONDS = 120  # how long a sweep waits for a dead run's server or volume to settle (recovery.settled)
 
@@ -566,7 +566,7 @@ class Signer:
 
         self.run, self.seed, self.directory, self._digest = run, seed, directory, requests_digest
         self.members = {m.name: m for m in members}
-        self.requests: dict[str, dict[str, str]] = {}  # member name -> node/client PEM, as they arrive
+        self.requests: dict[str, dict[str, str]] = {}  # member name -> node/client/ops PEM, as they arrive
         self.taken: set[str] = set()  # members a batch signed, or refused
         self.stacks: dict[str, str] = {}  # member name -> its qualified stack name, once a batch took it
         self.names: dict[str, tuple[str, str]] = {}  # member name -> (qualified stack, member name), learnt ahead
@@ -600,8 +600,9 @@ class Signer:
                 self.condition.notify()
 
     def _arrived(self) -> list[str]:
-        """Members with both requests that no batch has taken yet."""
-        return [n for n, r in self.requests.items() if len(r) == 2 and n not in self.taken]
+        """Members with every request that no batch has taken yet (the members' `up`s run this checkout's program,
+        which makes all three at once: a batch taken before the last would answer other requests than they wait for)."""
+        return [n for n, r in self.requests.items() if set(r) >= set(REQUEST_SUFFIXES.values()) and n not in self.taken]
 
     def _serve(self) -> None:
         self._prepare_seed()
@@ -646,7 +647,8 @@ class Signer:
         from components.signature import write_signature
 
         self.taken.update(batch)
-        digests = {n: self._digest(self.requests[n]["node"], self.requests[n]["client"]) for n in batch}
+        digests = {n: self._digest(self.requests[n]["node"], self.requests[n]["client"], self.requests[n]["ops"])
+                   for n in batch}
         stacks = self.stacks
         for name in list(batch):
             try:
@@ -671,7 +673,7 @@ class Signer:
         for name in batch:
             certificates = signed.get(stacks[name]) or {}
             write_signature(self.directory, stacks[name], digests[name], node=certificates.get("node") or "",
-                            client=certificates.get("client") or "",
+                            client=certificates.get("client") or "", ops=certificates.get("ops") or "",
                             refused="" if certificates.get("node") else
                             f"the seed's up did not sign it (see {self.run.log_dir / (self.seed.name + '.log')})")
 

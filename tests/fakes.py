@@ -304,6 +304,12 @@ ERR_DRAINING_NEW_CONN = "server is not accepting clients, try another node"
 ERR_DRAINING_EXISTING_CONN = "server is shutting down"
 # pkg/sql/sqlerrors ErrUnsafeTableAccess (pgcode 42501), as pkg/sql/unsafesql's tests match it.
 ERR_UNSAFE_TABLE_ACCESS = "Access to crdb_internal and system is restricted"
+# pkg/sql/pgwire/auth.go handleAuthentication: a user sql.GetUserSessionInitInfo finds no row for in system.users (it
+# special-cases root alone) is refused with security.NewErrPasswordUserAuthFailed, whatever the client certificate.
+# Bootstrap adds root and admin only: pkg/security/certs_test.go TestUseSplitCACerts, `"node" is not a sql user`.
+ERR_LOGIN_FAILED = "password authentication failed for user {user}"
+# The users bootstrap makes (pkg/sql/catalog/bootstrap: system.users holds root and admin).
+BOOTSTRAP_USERS = ("root", "admin")
 
 
 @dataclass
@@ -346,8 +352,13 @@ class FakeCluster:
 
     def __init__(self, nodes: list[FakeNode], *, factor: int = 3, leases: Optional[dict] = None,
                  ranges: tuple[FakeRange, ...] = (), default_isolation: str = "serializable",
-                 reachable: Optional[set] = None):
+                 reachable: Optional[set] = None, ops_user_made: bool = True):
+        """`ops_user_made`: the seed's cluster-settings job has run its statements (components/ops_user.py)."""
         self.nodes, self.factor, self.ranges = list(nodes), factor, tuple(ranges)
+        self.users: set[str] = set(BOOTSTRAP_USERS)
+        # user -> global privileges ("VIEWCLUSTERMETADATA") and table privileges ("SELECT ON <table>").
+        self.privileges: dict[str, set[str]] = {}
+        self.tables: set[str] = set()
         self.leases: dict[str, list[str]] = {k: list(v) for k, v in (leases or {}).items()}
         self.lease_version = 0
         self.default_isolation = default_isolation
@@ -357,6 +368,31 @@ class FakeCluster:
         self.events: list[str] = []
         self.conflicts = 0  # transactions to fail with a retry error at commit, as contention would
         self.after_lease_read: Optional[Callable[[], None]] = None  # runs once, inside the reading transaction
+        if ops_user_made:
+            from components.ops_user import ops_user_statements
+
+            self.run_as_root(ops_user_statements())
+
+    def run_as_root(self, statements) -> None:
+        """The seed's statements, as root runs them: databases, tables, users and grants."""
+        import re
+
+        for sql in statements:
+            table = re.fullmatch(r"CREATE TABLE IF NOT EXISTS (\S+) \(.*\)", sql)
+            user = re.fullmatch(r"CREATE USER IF NOT EXISTS (\w+)", sql)
+            system = re.fullmatch(r"GRANT SYSTEM (\w+) TO (\w+)", sql)
+            on_table = re.fullmatch(r"GRANT ([A-Z, ]+) ON TABLE (\S+) TO (\w+)", sql)
+            if table:
+                self.tables.add(table.group(1))
+            elif user:
+                self.users.add(user.group(1))
+            elif system:
+                self.privileges.setdefault(system.group(2), set()).add(system.group(1))
+            elif on_table:
+                self.privileges.setdefault(on_table.group(3), set()).update(
+                    f"{p.strip()} ON {on_table.group(2)}" for p in on_table.group(1).split(","))
+            elif not sql.startswith("CREATE DATABASE IF NOT EXISTS "):
+                raise AssertionError(f"the fake cluster does not know this statement: {sql}")
 
     def node(self, node_id: int) -> FakeNode:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -365,9 +401,13 @@ class FakeCluster:
         return next((n for n in self.nodes if host in (n.host, n.private_ip)), None)
 
     # SQL sessions -----------------------------------------------------------------------------------------------
-    def connect(self, host: str) -> "FakeSession":
+    def connect(self, host: str, user: Optional[str] = None) -> "FakeSession":
+        """`user`: the SQL user the client logs in as (components/ops_user.py OPS_USER, unless given)."""
         import psycopg
 
+        from components.ops_user import OPS_USER
+
+        user = user or OPS_USER
         node = self.by_host(host)
         if self.reachable is not None and host not in self.reachable:
             raise psycopg.OperationalError(f'connection to server at "{host}", port 26258 failed: timeout expired')
@@ -377,7 +417,10 @@ class FakeCluster:
             # pkg/sql/pgwire/server.go ServeConn: a draining server rejects the connection with ErrDrainingNewConn.
             raise psycopg.OperationalError(f'connection to server at "{host}", port 26258 failed: FATAL:  '
                                            f"{ERR_DRAINING_NEW_CONN}")
-        session = FakeSession(self, node)
+        if user not in self.users:
+            raise psycopg.OperationalError(f'connection to server at "{host}", port 26258 failed: FATAL:  '
+                                           + ERR_LOGIN_FAILED.format(user=user))
+        session = FakeSession(self, node, user)
         self.sessions.append(session)
         return session
 
@@ -485,8 +528,8 @@ class FakeCluster:
 class FakeSession:
     """One psycopg connection to one node of a FakeCluster (execute/fetchall/fetchone/transaction/with)."""
 
-    def __init__(self, cluster: FakeCluster, gateway: FakeNode):
-        self.cluster, self.gateway = cluster, gateway
+    def __init__(self, cluster: FakeCluster, gateway: FakeNode, user: str = "root"):
+        self.cluster, self.gateway, self.user = cluster, gateway, user
         self.closed = self.shut_down = False
         self.allow_unsafe_internals = cluster.unsafe_internals_default
         self.txn: Optional[_FakeTransaction] = None
@@ -508,7 +551,8 @@ class FakeSession:
         from psycopg.errors import InsufficientPrivilege, InternalError_
 
         from components.cluster import DEFAULT_ZONE_SQL, NODES_SQL
-        from components.decommission import LEASE_SCHEMA, OTHER_LEASES_SQL, RELEASE_LEASE_SQL, TAKE_LEASE_SQL
+        from components.decommission import OTHER_LEASES_SQL, RELEASE_LEASE_SQL, TAKE_LEASE_SQL
+        from components.ops_user import LEASE_SCHEMA
 
         self._check_open()
         self.queries.append(sql)
@@ -517,6 +561,7 @@ class FakeSession:
             # pkg/sql/unsafesql CheckInternalsAccess: only internal sessions, or one that set
             # allow_unsafe_internals, may read crdb_internal.
             raise InsufficientPrivilege(f"{ERR_UNSAFE_TABLE_ACCESS}")
+        self._check_privileges(sql)
         isolation = _isolation_set_by(sql)
         if sql.startswith("SET allow_unsafe_internals"):
             self.allow_unsafe_internals = sql.rstrip().endswith(("true", "on"))
@@ -562,6 +607,31 @@ class FakeSession:
         else:
             raise AssertionError(f"the fake cluster does not know this statement: {sql}")
         return self
+
+    def _check_privileges(self, sql: str) -> None:
+        """What the statement needs of a user other than root: VIEWCLUSTERMETADATA for crdb_internal's gossip and
+        store tables (pkg/sql/crdb_internal.go), the lease table's privileges for the lease (UPSERT: INSERT, UPDATE,
+        SELECT; DELETE … WHERE: DELETE, SELECT), and CREATE for the lease schema, which the seed alone runs. The
+        pgcodes are CockroachDB's (42501, 42P01); the words are the fake's."""
+        from psycopg.errors import InsufficientPrivilege, UndefinedTable
+
+        from components.decommission import OTHER_LEASES_SQL, RELEASE_LEASE_SQL, TAKE_LEASE_SQL
+        from components.ops_user import LEASE_SCHEMA, LEASE_TABLE
+
+        if self.user == "root":
+            return
+        held = self.cluster.privileges.get(self.user, set())
+        needed = {f"{p} ON {LEASE_TABLE}" for p in {
+            OTHER_LEASES_SQL: ("SELECT",), TAKE_LEASE_SQL: ("INSERT", "UPDATE", "SELECT"),
+            RELEASE_LEASE_SQL: ("DELETE", "SELECT")}.get(sql, ())}
+        if "crdb_internal." in sql:
+            needed.add("VIEWCLUSTERMETADATA")
+        if sql in LEASE_SCHEMA:
+            raise InsufficientPrivilege(f"user {self.user} may not run {sql.split(' IF ')[0]}: the seed makes it")
+        if any(n.endswith(f" ON {LEASE_TABLE}") for n in needed) and LEASE_TABLE not in self.cluster.tables:
+            raise UndefinedTable(f'relation "{LEASE_TABLE}" does not exist')
+        if needed - held:
+            raise InsufficientPrivilege(f"user {self.user} does not have {', '.join(sorted(needed - held))}")
 
     @contextlib.contextmanager
     def transaction(self):

@@ -13,6 +13,7 @@ from kubernetes_validate import ValidationError
 
 from components import cockroach_manifests as m
 from components import upgrades
+from components.ops_user import OPS_CERT_FILE, OPS_KEY_FILE, OPS_USER
 from tests.validators import assert_shellcheck_clean, assert_valid_kubernetes
 
 NODES = (
@@ -411,15 +412,21 @@ def federation_cluster(*, down=(), lagging=False):
     return FakeCluster(nodes, ranges=tuple(ranges))
 
 
+# A signed node's secret (components/cockroach.py node_files): the node's, client.node's and the SQL user's files.
+NODE_SECRET_FILES = (*m.NODE_FILES, OPS_CERT_FILE, OPS_KEY_FILE)
+
+
 def cluster_answer_csv(cluster):
-    """What `cockroach sql --format=csv` prints for the gate's statements, answered by this node's CockroachDB."""
-    connection = cluster.connect("198.18.3.2")
+    """What `cockroach sql --format=csv --user=<the members' SQL user>` prints for the gate's statements, answered by
+    this node's CockroachDB."""
+    connection = cluster.connect("198.18.3.2", user=OPS_USER)
     connection.execute(upgrades.ALLOW_INTERNALS_SQL)
     not_live, at_risk = connection.execute(upgrades.GATE_SQL).fetchone()
     return f"nodes_not_live,ranges_at_risk\n{not_live},{at_risk}\n"
 
 
-def write_state(directory, cluster):
+def write_state(directory, cluster, *, certificates=NODE_SECRET_FILES):
+    """`certificates`: the files of this node's secret, mounted at CERTS_DIR in its CockroachDB container."""
     directory.mkdir(parents=True)
     for node_id, ip in VEX_PRIVATE.items():
         if cluster.ready(node_id):
@@ -427,6 +434,9 @@ def write_state(directory, cluster):
         (directory / f"vars-{ip}").write_text(cluster.prometheus_vars(node_id))
     live_here = cluster.node(8).is_live
     (directory / "container").write_text("c0ffee\n" if live_here else "")
+    (directory / "certs").mkdir()
+    for name in certificates:
+        (directory / "certs" / name).write_text("pem")
     if live_here:
         (directory / "sql").write_text(cluster_answer_csv(cluster))
 
@@ -438,10 +448,13 @@ FAKE_COMMANDS = {
                          'ip=${url#https://}; ip=${ip%%:*}\n'
                          'case "$url" in *health*) [ -e "$state/ready-$ip" ] ;;\n'
                          '  *_status/vars*) cat "$state/vars-$ip" ;; esac',
-    # k3s's crictl: the CockroachDB container of this node, and `cockroach sql` inside it.
+    # k3s's crictl: the CockroachDB container of this node, and in it a shell test of its mounted certificates (their
+    # directory is the state's certs/) or `cockroach sql`.
     "k3s": FAKE_STATE + 'echo "k3s $*" >> "$T/calls"\n'
                         'case "$2" in ps) cat "$state/container" ;;\n'
-                        '  exec) [ -s "$state/sql" ] && cat "$state/sql" ;; esac',
+                        '  exec) case "$4" in /bin/bash) shift 5\n'
+                        f'      /bin/sh -c "$(printf %s "$1" | sed "s#{m.CERTS_DIR}#$state/certs#g")" ;;\n'
+                        '    *) [ -s "$state/sql" ] && cat "$state/sql" ;; esac ;; esac',
     "apt-get": 'echo "apt-get $*" >> "$T/calls"',
     "systemctl": 'echo "systemctl $*" >> "$T/calls"',
     "sleep": 'echo "sleep $*" >> "$T/calls"; echo $(($(cat "$T/count") + 1)) > "$T/count"',
@@ -460,7 +473,7 @@ def job_steps(plan):
     return steps + [("upgrade", spec["upgrade"])]
 
 
-def run_os_upgrade_job(tmp_path, states, *, reboot_required):
+def run_os_upgrade_job(tmp_path, states, *, reboot_required, certificates=NODE_SECRET_FILES):
     """One pod of the OS plan's Job: each container's script with the fake commands; a drain (which cordons the
     node) is recorded as `drain <node>`. Returns the last container's result and every call made."""
     plan = upgrades.render_os_plan("2026-12", list(VEX_PRIVATE.values()), 8080)
@@ -470,7 +483,7 @@ def run_os_upgrade_job(tmp_path, states, *, reboot_required):
         (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
         (bin_dir / name).chmod(0o755)
     for index, cluster in enumerate(states):
-        write_state(tmp_path / "states" / str(index), cluster)
+        write_state(tmp_path / "states" / str(index), cluster, certificates=certificates)
     (tmp_path / "count").write_text("0")
     (tmp_path / "last").write_text(str(len(states) - 1))
     (tmp_path / "calls").write_text("")
@@ -493,24 +506,47 @@ def run_os_upgrade_job(tmp_path, states, *, reboot_required):
     return done, (tmp_path / "calls").read_text().splitlines()
 
 
-def test_the_gate_asks_this_nodes_own_cockroachdb_with_its_node_certificate():
-    """The command the fakes stand in for: the DaemonSet's container on this node (its name), its binary, its
-    mounted node certificates (client.node.crt for user `node`), its SQL port on 127.0.0.1, which the node
-    certificate names; crdb_internal opened first (v26.2 docs: allow_unsafe_internals defaults to off)."""
+def test_the_gate_asks_this_nodes_own_cockroachdb_as_the_members_sql_user():
+    """The command the fakes stand in for: the DaemonSet's container on this node (its name), its binary, logged in
+    as the members' SQL user (CockroachDB refuses a SQL login as `node`: pkg/sql/pgwire/auth.go handleAuthentication,
+    pkg/security/certs_test.go TestUseSplitCACerts) with that user's certificate and key, which the CLI loads from
+    --certs-dir as client.<user>.crt/.key (pkg/security/certnames) and which the node secret mounted there holds; its
+    SQL port on 127.0.0.1, which the node certificate names; crdb_internal opened first (v26.2 docs:
+    allow_unsafe_internals defaults to off)."""
     import shlex
+
+    from components.cockroach import node_files
 
     gate = upgrades.render_os_plan("2026-12", ["10.20.0.10"], 8080)["spec"]["prepare"]["args"][2]
     daemonset = m.render_daemonset(spec())["spec"]["template"]["spec"]
     assert "k3s crictl ps --quiet --label io.kubernetes.container.name=cockroachdb" in gate
     assert daemonset["containers"][0]["name"] == "cockroachdb"
     assert {"name": "certs", "mountPath": "/cockroach/cockroach-certs", "readOnly": True} in \
-        daemonset["containers"][0]["volumeMounts"] and "client.node.crt" in m.NODE_FILES
+        daemonset["containers"][0]["volumeMounts"]
+    assert {"name": "certs", "secret": {"secretName": m.NODE_SECRET, "defaultMode": 0o400}} in daemonset["volumes"]
+    signed = node_files("ca", "client ca", "node key", "node.crt", "client.node.crt", "ops.crt")
+    assert signed[OPS_CERT_FILE] == "ops.crt" and signed[OPS_KEY_FILE] == "node key"
+    assert (OPS_CERT_FILE, OPS_KEY_FILE) == ("client.crdb_federation_ops.crt", "client.crdb_federation_ops.key")
     assert "127.0.0.1" in m.node_certificate_ips(NODES)
-    exec_line = next(line for line in gate.splitlines() if "crictl exec" in line)
+    exec_line = next(line for line in gate.splitlines() if "crictl exec" in line and " sql " in line)
     assert shlex.split(exec_line)[1:] == [
         "60", "k3s", "crictl", "exec", "$container", "/cockroach/cockroach", "sql",
-        "--certs-dir=/cockroach/cockroach-certs", "--user=node", "--host=127.0.0.1:26258", "--format=csv",
+        "--certs-dir=/cockroach/cockroach-certs", f"--user={OPS_USER}", "--host=127.0.0.1:26258", "--format=csv",
         "--execute=SET allow_unsafe_internals = true", f"--execute={upgrades.GATE_SQL}"]
+
+
+def test_a_node_without_the_sql_users_certificate_is_not_upgraded_and_says_what_to_run(tmp_path):
+    """A member whose seed has not signed its request for the SQL user's certificate (an earlier seed): the gate
+    refuses at once, before the cordon and the drain, naming the file and the `up`s that bring it."""
+    plan = upgrades.render_os_plan("2026-12", list(VEX_PRIVATE.values()), 8080)
+    done, calls = run_os_upgrade_job(tmp_path, [federation_cluster()], reboot_required=True,
+                                     certificates=m.NODE_FILES)
+    assert done.returncode == 1
+    assert (f"no client certificate for the SQL user {OPS_USER} (/cockroach/cockroach-certs/{OPS_CERT_FILE})"
+            in done.stderr and "runs up on the seed" in done.stderr), done.stderr
+    assert f"drain {THIS_NODE}" not in calls and not [c for c in calls if c.startswith(("apt-get", "systemctl"))]
+    assert not [c for c in calls if " sql " in c] and "sleep 10" not in calls, calls
+    assert plan["spec"]["prepare"]["args"][2].count(OPS_CERT_FILE) == 2
 
 
 def test_this_clouds_nodes_alone_miss_a_range_led_in_a_third_cloud():

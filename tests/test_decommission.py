@@ -13,8 +13,9 @@ from components.decommission import (
     ALLOW_INTERNALS_SQL, DecommissionRefused, decommission, plan_decommission, plan_under_lease,
     run_decommission_job,
 )
+from components.ops_user import OPS_USER
 from tests.fakes import (
-    ERR_DRAINING_EXISTING_CONN, ERR_DRAINING_NEW_CONN, ERR_UNSAFE_TABLE_ACCESS, FakeCluster, FakeNode,
+    ERR_DRAINING_EXISTING_CONN, ERR_DRAINING_NEW_CONN, ERR_LOGIN_FAILED, ERR_UNSAFE_TABLE_ACCESS, FakeCluster, FakeNode,
 )
 
 STARTED = datetime.datetime(2026, 12, 1, 8, 0)
@@ -140,7 +141,8 @@ def props(**overrides):
         "jobName": "decommission-vexxhost-k3s-2", "leaseHolder": "organization/crdb-federation/vexxhost/k3s-2",
         "addresses": ["198.18.3.3:26257"], "ownAddresses": VEXXHOST,
         "rpcHosts": ["10.20.0.10", "10.20.0.11", "10.20.0.12"], "sqlHosts": ["198.18.3.1", "198.18.1.1"],
-        "caPem": "ca", "certPem": "client.node.crt", "keyPem": "key", "kubeconfig": "kubeconfig",
+        "caPem": "ca", "certPem": "client.node.crt", "opsCertPem": "client.crdb_federation_ops.crt", "keyPem": "key",
+        "kubeconfig": "kubeconfig",
         "namespace": "cockroachdb", "image": "cockroachdb/cockroach:v26.2.0", "clusterName": "crdb-federation",
         "force": False, "timeoutSeconds": 600,
     }
@@ -440,3 +442,67 @@ def test_the_lease_is_released_after_the_job_whatever_it_did():
     assert cluster.leases == {}
     assert decommission(props(), connect=cluster.connect, kube=FakeKube(cluster)) == [9]
     assert cluster.leases == {}
+
+
+def test_a_removals_sql_logs_in_as_the_members_sql_user_with_its_certificate(monkeypatch):
+    """The whole removal through SqlEndpoint, psycopg's connect answered by the fake cluster: every session logs in as
+    the seed's SQL user with the certificate the seed signed for it, verifying the node CA, into the lease's database.
+
+    Not as `node`, which CockroachDB refuses, as the fake does: pkg/sql/pgwire/auth.go handleAuthentication asks
+    sql.GetUserSessionInitInfo, which special-cases root alone; `node` has no row in system.users (bootstrap adds root
+    and admin), so the login fails with security.NewErrPasswordUserAuthFailed whatever the certificate
+    (pkg/security/certs_test.go TestUseSplitCACerts: `"node" is not a sql user`)."""
+    import psycopg
+
+    cluster = cluster_of(FEDERATION)
+    with pytest.raises(psycopg.OperationalError, match=ERR_LOGIN_FAILED.format(user="node")):
+        cluster.connect("198.18.1.1", user="node")
+    logins = []
+
+    def connect(**kwargs):
+        with open(kwargs["sslcert"]) as cert, open(kwargs["sslkey"]) as key, open(kwargs["sslrootcert"]) as ca:
+            logins.append({"user": kwargs["user"], "dbname": kwargs["dbname"], "sslmode": kwargs["sslmode"],
+                           "cert": cert.read(), "key": key.read(), "ca": ca.read()})
+        return cluster.connect(kwargs["host"], user=kwargs["user"])
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    assert decommission(props(), kube=FakeKube(cluster)) == [9]
+    assert cluster.node(9).membership == "decommissioned" and cluster.leases == {}
+    assert len(logins) == 2  # the check and lease, then the memberships and release
+    expected = {"user": OPS_USER, "dbname": "crdb_federation", "sslmode": "verify-full",
+                "cert": "client.crdb_federation_ops.crt", "key": "key", "ca": "ca"}
+    assert all(login == expected for login in logins), logins
+
+
+def test_a_removal_before_the_seeds_job_made_the_sql_user_says_what_to_run():
+    """The seed's cluster-settings job has not run since its `up` (or the seed is of an earlier version): the login
+    is refused, which every node would refuse alike, so the removal stops at once, in words, deleting nothing."""
+    cluster = cluster_of(FEDERATION, ops_user_made=False)
+    kube = FakeKube(cluster)
+    with pytest.raises(DecommissionRefused) as refused:
+        decommission(props(), connect=cluster.connect, kube=kube)
+    message = str(refused.value)
+    assert f"the cluster refused the SQL login as {OPS_USER} to ask whether 198.18.3.3:26257 may go" in message
+    assert ERR_LOGIN_FAILED.format(user=OPS_USER) in message and "runs `up` on the seed" in message
+    assert "Nothing was deleted" in message and kube.job is None and cluster.events == []
+    assert len(cluster.sessions) == 0  # one refusal, not one per node
+
+
+@pytest.mark.parametrize("privilege", ["VIEWCLUSTERMETADATA", "SELECT", "INSERT", "UPDATE", "DELETE"])
+def test_each_grant_is_needed_and_together_they_suffice(privilege):
+    """The seed grants exactly what a removal's statements and the OS upgrade's gate need (the fake checks each as
+    tests/fakes.py FakeSession._check_privileges says): with all of them both pass, as the other tests show; without
+    any one of them, one of the two fails."""
+    from components.upgrades import GATE_SQL
+
+    def removal_and_gate(cluster):
+        assert decommission(props(), connect=cluster.connect, kube=FakeKube(cluster)) == [9]
+        session(cluster, "198.18.1.1").execute(GATE_SQL).fetchone()
+
+    removal_and_gate(cluster_of(FEDERATION))
+    cluster = cluster_of(FEDERATION)
+    granted = cluster.privileges[OPS_USER]
+    assert privilege in {p.split(" ON ")[0] for p in granted}  # the seed's statements grant it
+    cluster.privileges[OPS_USER] = {p for p in granted if p.split(" ON ")[0] != privilege}
+    with pytest.raises(Exception, match=f"user {OPS_USER} does not have {privilege}"):
+        removal_and_gate(cluster)

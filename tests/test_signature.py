@@ -29,9 +29,9 @@ def test_the_wait_takes_only_an_answer_to_these_requests_and_gives_up_at_its_dea
     write_signature(tmp_path, MEMBER_STACK, "old-digest", node="old", client="old")
     clock = iter(range(100))
     found = wait_for_signature(path, "digest", timeout=3, clock=lambda: next(clock), sleep=lambda s: None)
-    assert found == {"node": "", "client": "", "refused": "no signature within 3s"}
-    write_signature(tmp_path, MEMBER_STACK, "digest", node="N", client="C")
-    assert wait_for_signature(path, "digest", timeout=3) == {"node": "N", "client": "C", "refused": ""}
+    assert found == {"node": "", "client": "", "ops": "", "refused": "no signature within 3s"}
+    write_signature(tmp_path, MEMBER_STACK, "digest", node="N", client="C", ops="O")
+    assert wait_for_signature(path, "digest", timeout=3) == {"node": "N", "client": "C", "ops": "O", "refused": ""}
     write_signature(tmp_path, MEMBER_STACK, "digest", refused="the seed's up did not sign it")
     assert wait_for_signature(path, "digest", timeout=3)["refused"] == "the seed's up did not sign it"
     assert not list(tmp_path.glob("*.partial"))
@@ -132,7 +132,7 @@ class EarlyMember(FakeStack):
     def __init__(self, name, delay, directory):
         super().__init__(name, outputs={})
         self.delay, self.directory = delay, directory
-        self.requests = {k: f"-----BEGIN CERTIFICATE REQUEST-----\n{name}-{k}\n" for k in ("node", "client")}
+        self.requests = {k: f"-----BEGIN CERTIFICATE REQUEST-----\n{name}-{k}\n" for k in ("node", "client", "ops")}
 
     def run(self, operation, on_event, on_output):
         self.calls.append(operation)
@@ -140,7 +140,7 @@ class EarlyMember(FakeStack):
         for kind, pem in self.requests.items():
             on_event(_csr_made(self.name, kind, pem))
         found = wait_for_signature(signature_file(self.directory, self.qualified_name()),
-                                   requests_digest(self.requests["node"], self.requests["client"]), timeout=5,
+                                   requests_digest(*self.requests.values()), timeout=5,
                                    interval=0.01)
         self._outputs = {"stack": self.qualified_name(), "certificatesSigned": bool(found["node"]),
                          "certificateRequests": self.requests, "found": found}
@@ -171,7 +171,8 @@ class BatchingSeed(FakeStack):
         self.batches.append(sorted(self.early))
         super().run(operation, on_event, on_output)
         self._outputs = {**self._outputs, "signedCertificates": {
-            stack: {"node": f"signed {r['node']}", "client": f"signed {r['client']}"} for stack, r in self.early.items()}}
+            stack: {kind: f"signed {r[kind]}" for kind in ("node", "client", "ops")}
+            for stack, r in self.early.items()}}
 
 
 def test_the_tool_signs_members_in_batches_while_their_ups_run_and_each_joins_in_its_first_up(tmp_path, monkeypatch):

@@ -83,7 +83,8 @@ def test_operator_stack_joins_through_the_seed(stack, seed_outputs):
     script = run.cloud.one(":DaemonSet").inputs["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert f'"--locality=cloud={stack},region={config["region"]},zone={config["availabilityZone"]}"' in script
     # Its first up publishes its requests; CockroachDB waits for the seed's signatures.
-    assert run.output("certificatesSigned") is False and set(run.output("certificateRequests")) == {"node", "client"}
+    assert run.output("certificatesSigned") is False
+    assert set(run.output("certificateRequests")) == {"node", "client", "ops"}
     nodes = run.output("nodes")
     assert len(nodes) == config["nodeCount"]
     if config["publicAddressing"] == "fixed":

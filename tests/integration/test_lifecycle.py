@@ -23,6 +23,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from components.ops_user import OPS_CERT_FILE, OPS_KEY_FILE
 from tests.integration.project import API_READY_TIMEOUT, explicit_member, passphrase, step_ops
 from tests.test_trust import another_ca
 
@@ -39,7 +40,10 @@ NO_REPLACE = ("openstack:compute/instance:Instance", "openstack:networking/port:
 LICENCE = "crl-0-integration-tier"
 DECOMMISSION = "pulumi-python:dynamic:Resource"
 FORCED = {"CRDB_FORCE_REMOVAL": "true"}  # no SQL answers here (README: Remove a cloud)
-NODE_FILES = {"ca.crt", "ca-client.crt", "node.crt", "node.key", "client.node.crt", "client.node.key"}
+# The node's own certificates, its client certificate for node RPC, and the one for the members' SQL user
+# (components/ops_user.py), all for the one node key.
+NODE_FILES = {"ca.crt", "ca-client.crt", "node.crt", "node.key", "client.node.crt", "client.node.key",
+              OPS_CERT_FILE, OPS_KEY_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +144,8 @@ def test_every_cluster_read_back_through_its_kubernetes_api(federation, project,
         assert set(secret) == NODE_FILES, stack
         files = {k: base64.b64decode(v).decode() for k, v in secret.items()}
         # The only key is the stack's own node key; the certificates chain to the federation's CA.
-        assert files["node.key"] == files["client.node.key"] and sum("PRIVATE KEY" in t for t in files.values()) == 2
+        assert files["node.key"] == files["client.node.key"] == files[OPS_KEY_FILE]
+        assert sum("PRIVATE KEY" in t for t in files.values()) == 3
         key = serialization.load_pem_private_key(files["node.key"].encode(), None)
         assert key.public_key().public_numbers() != ca.public_key().public_numbers()
         x509.load_pem_x509_certificate(files["node.crt"].encode()).verify_directly_issued_by(ca)
