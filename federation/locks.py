@@ -51,7 +51,8 @@ class LockHolder:
     at: str
 
     def describe(self) -> str:
-        return f"{self.user}@{self.host} (pid {self.pid}) since {self.at}"
+        """As the CLI words it (lock.go checkForLock)."""
+        return f"created by {self.user}@{self.host} (pid {self.pid}) at {self.at}"
 
 
 def lock_holders(message: str) -> list[LockHolder]:
@@ -223,7 +224,8 @@ def _refuse_if_held(directory: Path, ours: Path) -> None:
                             f"(pid {content.get('pid')}) at {content.get('timestamp')}")
             except (OSError, ValueError):
                 said.append(str(path))
-        raise StackLocked("another run holds this stack: " + "; ".join(said))
+        raise StackLocked("another run holds this stack: " + "; ".join(said) + ". Nothing was started; run again "
+                          "once it ends (if you know its process is gone, `pulumi cancel` releases the lock)")
 
 
 @contextmanager

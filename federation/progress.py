@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .faults import CloudFault
+from .locks import StackLocked
 
 # "signing": built, its CockroachDB nodes waiting for the seed to sign their certificates.
 PHASES = ("network", "servers", "kubernetes", "cockroachdb", "signing", "joined")
@@ -144,6 +145,8 @@ class CloudProgress:
                 self._reach(FINAL_PHASE[self.operation], now)
         elif isinstance(error, CloudFault):
             self.status, self.error = "failed", str(error)
+        elif isinstance(error, StackLocked):  # the tool's own words, holders named (federation/locks.py)
+            self.status, self.error = "refused", str(error)
         elif any(marker in str(error) for marker in LOCKED):
             self.status, self.error = "refused", lock_holders(str(error))
         else:

@@ -353,3 +353,12 @@ def test_the_orphans_command_lists_read_only_and_deletes_only_when_asked(monkeyp
     assert "server otc-k3s-1 s-orphan (ACTIVE)" in listed and "kept, attached" in listed
     assert tool.main([*arguments, "--delete"]) == 1  # the attached volume stays
     assert cloud.deleted == ["s-orphan"] and "deleted 1 of 1 orphan(s) not kept" in capsys.readouterr().out
+
+
+def test_a_stack_the_sweep_finds_held_shows_as_refused_with_the_holder():
+    from federation.progress import CloudProgress
+
+    progress = CloudProgress("otc", "up")
+    progress.finish(10.0, locks.StackLocked("another run holds this stack: /s/live.json: created by ops@elsewhere "
+                                            "(pid 4242) at 2026-12-01T23:59:00Z. Nothing was started"))
+    assert progress.status == "refused" and "created by ops@elsewhere (pid 4242)" in progress.error

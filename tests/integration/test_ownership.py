@@ -10,16 +10,20 @@ name. Nothing of theirs survives by luck: each is checked after a failed join, t
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from components.ownership import OWNER_KEY, owner_tag
-from tests.integration.project import NOTHING, explicit_member, in_cloud, whole
+from tests.integration.project import NOTHING, explicit_member, passphrase, whole
 from tests.integration.test_faults import _destroyed, _join, _network_quota, seed  # noqa: F401 (a fixture)
 
 STACK = "platform9"
+# A member name of this run's own: what an aborted earlier run left in the shared local cloud is, rightly, not this
+# stack's, and would only be listed.
+MEMBER = f"{STACK}-{secrets.token_hex(2)}"
 THEIRS = "9f8e7d6c5b4a3921"  # the other project's stack's owner ID
 
 
@@ -33,19 +37,19 @@ def operators_own(project):
     """The operator's own resources in the stack's project, each `<member>-<word>` as the issue found them deleted,
     and `platform9-net`, named exactly like the program's network (made by hand, so without the stack's mark)."""
     cloud = project.cloud.connect()
-    network = cloud.network.create_network(name=f"{STACK}-net")
+    network = cloud.network.create_network(name=f"{MEMBER}-net")
     subnet = cloud.network.create_subnet(network_id=network.id, cidr="10.99.0.0/24", ip_version=4,
-                                         name=f"{STACK}-ops-subnet")
+                                         name=f"{MEMBER}-ops-subnet")
     image = cloud.image.find_image("ubuntu-24.04")
     flavor = next(iter(sorted(cloud.compute.flavors(), key=lambda f: f.ram)))
     made = {
-        "server": cloud.compute.create_server(name=f"{STACK}-bastion", image_id=image.id, flavor_id=flavor.id,
+        "server": cloud.compute.create_server(name=f"{MEMBER}-bastion", image_id=image.id, flavor_id=flavor.id,
                                               networks=[{"uuid": network.id}]),
-        "volume": cloud.block_storage.create_volume(name=f"{STACK}-backup", size=1),
-        "port": cloud.network.create_port(name=f"{STACK}-vip", network_id=network.id),
-        "security group": cloud.network.create_security_group(name=f"{STACK}-web", description="the operator's"),
-        "key pair": cloud.compute.create_keypair(name=f"{STACK}-laptop", public_key=_public_key()),
-        "server group": cloud.compute.create_server_group(name=f"{STACK}-prod", policies=["anti-affinity"]),
+        "volume": cloud.block_storage.create_volume(name=f"{MEMBER}-backup", size=1),
+        "port": cloud.network.create_port(name=f"{MEMBER}-vip", network_id=network.id),
+        "security group": cloud.network.create_security_group(name=f"{MEMBER}-web", description="the operator's"),
+        "key pair": cloud.compute.create_keypair(name=f"{MEMBER}-laptop", public_key=_public_key()),
+        "server group": cloud.compute.create_server_group(name=f"{MEMBER}-prod", policies=["anti-affinity"]),
         "network": network,
         "subnet": subnet,
     }
@@ -69,14 +73,14 @@ def other_project(project):
     other = cloud.identity.find_project("crdb-production") or cloud.identity.create_project(
         name="crdb-production", domain_id="default")
     tags = [owner_tag(THEIRS)]
-    network = cloud.network.create_network(name=f"{STACK}-net", project_id=other.id, description=f"crdb-federation "
-                                           f"{STACK}-net")
+    network = cloud.network.create_network(name=f"{MEMBER}-net", project_id=other.id, description=f"crdb-federation "
+                                           f"{MEMBER}-net")
     made = {"network": network,
-            "subnet": cloud.network.create_subnet(name=f"{STACK}-subnet", network_id=network.id, cidr="10.98.0.0/24",
+            "subnet": cloud.network.create_subnet(name=f"{MEMBER}-subnet", network_id=network.id, cidr="10.98.0.0/24",
                                                   ip_version=4, project_id=other.id),
-            "router": cloud.network.create_router(name=f"{STACK}-router", project_id=other.id),
-            "port": cloud.network.create_port(name=f"{STACK}-k3s-0-port", network_id=network.id, project_id=other.id),
-            "security group": cloud.network.create_security_group(name=f"{STACK}-nodes", project_id=other.id)}
+            "router": cloud.network.create_router(name=f"{MEMBER}-router", project_id=other.id),
+            "port": cloud.network.create_port(name=f"{MEMBER}-k3s-0-port", network_id=network.id, project_id=other.id),
+            "security group": cloud.network.create_security_group(name=f"{MEMBER}-nodes", project_id=other.id)}
     for resource in made.values():
         cloud.network.set_tags(resource, tags)
     yield made
@@ -103,18 +107,31 @@ def _still_there(cloud, operators_own, other_project) -> dict[str, bool]:
 
 
 def _the_stacks(cloud) -> dict[str, list[str]]:
-    """in_cloud() less the operator's own `platform9-…` resources: the stack's nodes' alone."""
-    return {kind: [n for n in names if n.startswith((f"{STACK}-k3s-", f"crdb-federation {STACK}-k3s-"))]
-            for kind, names in in_cloud(cloud, STACK).items()}
+    """in_cloud() of this project alone (production's same-named port is another project's, which an admin's
+    Neutron listing shows too), less the operator's own `<member>-…` resources: the stack's nodes' alone."""
+    project = cloud.current_project_id
+    nodes = f"{MEMBER}-k3s-"
+    return {
+        "servers": sorted(s.name for s in cloud.compute.servers() if s.name.startswith(nodes)),
+        "volumes": sorted(v.name for v in cloud.block_storage.volumes() if (v.name or "").startswith(nodes)),
+        "ports": sorted(p.name for p in cloud.network.ports(project_id=project) if p.name.startswith(nodes)),
+        "floating IPs": sorted(i.description for i in cloud.network.ips(project_id=project)
+                               if (i.description or "").startswith(f"crdb-federation {nodes}")),
+    }
 
 
 def _owner_id(project) -> str:
     state = json.loads(project.run("stack", "export", stack=STACK).stdout)["deployment"]
-    [owner] = [r["outputs"]["hex"] for r in state["resources"] if r["urn"].endswith(f"::{STACK}-owner")]
+    [owner] = [r["outputs"]["hex"] for r in state["resources"] if r["urn"].endswith(f"::{MEMBER}-owner")]
     return owner
 
 
 def test_orphans_of_a_stack_the_backend_lacks_creates_nothing_and_says_so(project):
+    """A stack file and its operator's passphrase, but no such stack in the backend (never deployed there, or a
+    fresh clone pointed at another backend): nothing is created, nothing listed, and it says so."""
+    project.passphrases.mkdir(exist_ok=True)
+    (project.passphrases / f"{STACK}.passphrase").write_text(passphrase(STACK))
+    (project.passphrases / f"{STACK}.passphrase").chmod(0o600)
     listed = project.tool("orphans", STACK)
     print(listed.stdout + listed.stderr)
     assert listed.returncode != 0
@@ -130,6 +147,7 @@ def test_the_operators_own_and_another_projects_stack_survive_a_failed_join_the_
     each, every one of the operator's resources and production's are still there; what the failed run made carries
     the stack's mark, and the converged stack is whole, each resource once."""
     explicit_member(project, STACK, 1, seed)
+    project.run("config", "set", "crdb-federation:memberName", MEMBER, stack=STACK)
     cloud = project.cloud.connect()
     everything = {name: True for name in _still_there(cloud, operators_own, other_project)}
     quota = cloud.network.get_quota(cloud.current_project_id, details=True).floating_ips
@@ -141,22 +159,26 @@ def test_the_operators_own_and_another_projects_stack_survive_a_failed_join_the_
         assert failed.returncode != 0
         assert _still_there(cloud, operators_own, other_project) == everything
         owner = _owner_id(project)
-        marked = [p for p in cloud.network.ports(project_id=cloud.current_project_id, tags=owner_tag(owner))]
-        assert marked, "the failed run made ports without the stack's mark"
+        # What it made before the quota stopped it carries the mark (Neutron's tags filter, Cinder's metadata).
+        groups = {g.name for g in cloud.network.security_groups(project_id=cloud.current_project_id,
+                                                                tags=owner_tag(owner))}
+        volumes = {v.name for v in cloud.block_storage.volumes() if (v.metadata or {}).get(OWNER_KEY) == owner}
+        print("marked after the failed join:", sorted(groups), sorted(volumes))
+        assert f"{MEMBER}-nodes" in groups and f"{MEMBER}-k3s-0-data" in volumes, (groups, volumes)
     finally:
         _network_quota(cloud, floating_ips=quota["limit"])
     joined, log = _join(project, STACK, runs)
     said = [line for line in log.splitlines() if "not deleted:" in line or "orphan" in line]
     print("the converging join said:", *said, sep="\n  ")
     assert joined.returncode == 0, joined.stdout[-3000:] + log[-3000:]
-    assert _the_stacks(cloud) == whole(STACK, 1), _the_stacks(cloud)
+    assert _the_stacks(cloud) == whole(MEMBER, 1), _the_stacks(cloud)
     # The operator's `platform9-net` bears the program's network name without the mark: listed, never deleted.
-    assert any(f"network {STACK}-net {operators_own['network'].id}" in line and "kept" in line for line in said)
+    assert any(f"network {MEMBER}-net {operators_own['network'].id}" in line and "kept" in line for line in said)
     assert _still_there(cloud, operators_own, other_project) == everything
     removed = project.tool("orphans", STACK, "--delete")
     print("orphans --delete said:", removed.stdout[-2500:], removed.stderr[-1000:], sep="\n")
     assert _still_there(cloud, operators_own, other_project) == everything
-    assert f"server {STACK}-bastion" not in removed.stdout and f"key pair {STACK}-laptop" not in removed.stdout
+    assert f"server {MEMBER}-bastion" not in removed.stdout and f"key pair {MEMBER}-laptop" not in removed.stdout
 
 
 def test_a_marked_volume_still_being_made_is_kept_and_deleted_once_it_is_available(project, standin, seed):
@@ -164,19 +186,19 @@ def test_a_marked_volume_still_being_made_is_kept_and_deleted_once_it_is_availab
     it (held in `creating` here with Cinder's admin reset-state): kept; once `available`, deleted."""
     cloud = project.cloud.connect()
     owner = _owner_id(project)
-    volume = cloud.block_storage.create_volume(name=f"{STACK}-k3s-9-data", size=1,
-                                               metadata={OWNER_KEY: owner, "crdb-federation-member": STACK})
+    volume = cloud.block_storage.create_volume(name=f"{MEMBER}-k3s-9-data", size=1,
+                                               metadata={OWNER_KEY: owner, "crdb-federation-member": MEMBER})
     cloud.block_storage.wait_for_status(volume, status="available", wait=120)
     try:
         cloud.block_storage.reset_volume_status(volume, status="creating", attach_status=None, migration_status=None)
         listed = project.tool("orphans", STACK, "--delete")
         print("with a marked volume in creating:", listed.stdout[-1500:], sep="\n")
-        assert f"volume {STACK}-k3s-9-data {volume.id} (creating): kept, status creating" in listed.stdout
+        assert f"volume {MEMBER}-k3s-9-data {volume.id} (creating): kept, status creating" in listed.stdout
         assert cloud.block_storage.find_volume(volume.id, ignore_missing=True) is not None
         cloud.block_storage.reset_volume_status(volume, status="available", attach_status=None, migration_status=None)
         removed = project.tool("orphans", STACK, "--delete")
         print("once available:", removed.stdout[-1500:], sep="\n")
-        assert f"deleting an orphan volume {STACK}-k3s-9-data {volume.id}" in removed.stdout
+        assert f"deleting an orphan volume {MEMBER}-k3s-9-data {volume.id}" in removed.stdout
         cloud.block_storage.wait_for_delete(volume, wait=120)
     finally:
         cloud.block_storage.delete_volume(volume.id, ignore_missing=True)
