@@ -300,7 +300,8 @@ def orphans_command(stack: "LazyStack", delete: bool, console: Console, settle: 
                 console.print(f"{len(orphans)} orphan(s), {len(deletable)} of them this stack's and holding nothing; "
                               f"`python -m federation orphans {stack.name} --delete` deletes those")
                 return 1
-            deleted, _ = recovery.delete_orphans(cloud, deletable, console.print)
+            # Whole lines: an ID broken at the terminal's width could not be pasted into `openstack … delete`.
+            deleted, _ = recovery.delete_orphans(cloud, deletable, lambda line: console.print(line, soft_wrap=True))
     except (StackNotInBackend, StackLocked, NotImplementedError) as refused:
         return fail(str(refused))
     console.print(f"deleted {len(deleted)} of {len(deletable)} orphan(s) not kept")
