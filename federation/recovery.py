@@ -47,18 +47,18 @@ def state_ids(deployment: dict[str, Any]) -> set[str]:
 @dataclass(frozen=True)
 class Ownership:
     """What a resource must show to be this stack's: its owner ID (None where the state predates the mark: then
-    nothing is deleted), the project and user the stack's credentials act in, and the exact key pair it makes."""
+    nothing is deleted), the project the stack's credentials act in, and the exact key pair it makes (Nova lists
+    the caller's own user's alone)."""
 
     member: str
     owner_id: Optional[str]
     project_id: str
-    user_id: str = ""
     ssh_public_key: Optional[str] = None
 
     @staticmethod
     def of(deployment: dict[str, Any], member: str, cloud: Any, ssh_public_key: Optional[str]) -> "Ownership":
         return Ownership(member, owner_id_in_state(deployment.get("resources") or [], member),
-                         cloud.current_project_id, getattr(cloud, "current_user_id", "") or "", ssh_public_key)
+                         cloud.current_project_id, ssh_public_key)
 
     def marked(self, resource: Any) -> bool:
         """Carries this stack's owner ID: a Neutron tag, or Nova or Cinder metadata."""
@@ -106,7 +106,7 @@ UNMARKED = "it has the program's name but not this stack's owner mark (made befo
 # neutron_lib/constants.py DEVICE_OWNER_ROUTER_INTF, _DVR_INTERFACE, _HA_REPLICATED_INT).
 ROUTER_INTERFACE_OWNERS = ("network:router_interface", "network:router_interface_distributed",
                            "network:ha_router_replicated_interface")
-# A server or volume still changing: another run may be making it, or Nova and Cinder are not done with it.
+# A server or volume still changing: Nova or Cinder are not done with it (recovery.settled waits a while).
 SERVER_SETTLED = ("ACTIVE", "SHUTOFF", "ERROR", "STOPPED", "SUSPENDED", "PAUSED")
 VOLUME_SETTLED = ("available", "error")
 

@@ -103,7 +103,7 @@ def _keypair(name, public_key=SSH_KEY, user="u-ops"):
 
 
 def _ownership(owner=OURS, project=PROJECT):
-    return recovery.Ownership("otc", owner, project, "u-ops", SSH_KEY)
+    return recovery.Ownership("otc", owner, project, SSH_KEY)
 
 
 def _operators_own():
