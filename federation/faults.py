@@ -336,3 +336,44 @@ def quota_headrooms(cloud: Any, settings: Any, resources: Iterable[str]) -> tupl
         else:
             unread.append(resource)
     return headrooms, unread
+
+
+# The state backend's words, through gocloud.dev's s3blob and the AWS SDK v2 (pulumi v3.259.0 pkg/backend/diy):
+#   read ".pulumi/meta.yaml": blob (key ".pulumi/meta.yaml") (code=Unknown): operation error S3: GetObject, https
+#   response error StatusCode: 403, RequestID: …, api error InvalidAccessKeyId: The AWS Access Key Id you provided
+#   does not exist in our records.
+# (SignatureDoesNotMatch for a wrong secret; AccessDenied where the bucket's policy refuses; a stopped store's
+# request ends "…, https response error …" or "dial tcp …: connect: connection refused").
+_BACKEND_REFUSED = re.compile(r"operation error S3: (?P<op>\w+), https response error StatusCode: (?P<status>\d+)"
+                              r"[^\n]*?api error (?P<code>\w+): (?P<message>[^\n]*)")
+_BACKEND_GONE = re.compile(r"operation error S3: (?P<op>\w+), (?:exceeded maximum number of attempts, \d+, )?"
+                           r"https response error[^\n]*?(?P<cause>dial tcp [^\n]*?(?:connection refused|i/o timeout|"
+                           r"no route to host)|EOF)|operation error S3: (?P<op2>\w+), [^\n]*?(?P<cause2>dial tcp "
+                           r"[^\n]*?(?:connection refused|i/o timeout|no route to host))")
+_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken")
+
+
+def backend_fault(stack: str, text: str, backend_url: str) -> Optional[str]:
+    """The operator's words for a state backend that refused this operator's credentials, refused an action its
+    policy does not allow, or did not answer; None for anything else (pure)."""
+    where = backend_url.split("?", 1)[0] or "the state backend"
+    refused = _BACKEND_REFUSED.search(text)
+    if refused and refused["code"] in _CREDENTIALS:
+        return (f"{stack}: the state backend {where} refused this operator's credentials ({refused['code']}: "
+                f"{refused['message'].strip()}). Nothing was started. Check that AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) are your own key pair for that bucket")
+    if refused and refused["code"] == "AccessDenied":
+        return (f"{stack}: the state backend {where} refused {refused['op']} for this operator (AccessDenied: "
+                f"{refused['message'].strip()}). Its policy lets each operator write only its own stack: run "
+                "this as the operator of that stack")
+    gone = _BACKEND_GONE.search(text)
+    if gone:
+        cause = (gone["cause"] or gone["cause2"] or "").strip()
+        # The CLI could not delete its own lock then either (pkg/backend/diy/lock.go Unlock: "manual clean up may be
+        # required"): it stays until released.
+        lock = (f" Its lock stayed in the backend: once it answers, and no run of {stack} is going on, `pulumi "
+                f"cancel --stack {stack}` releases it." if "problem deleting the lock" in text else "")
+        return (f"{stack}: the state backend {where} did not answer ({cause}), so the run stopped. What the cloud "
+                "made since the last checkpoint the state reached carries the stack's mark and is deleted by the next "
+                f"`python -m federation join {stack}` once the backend answers.{lock}")
+    return None

@@ -96,6 +96,12 @@ class PulumiStack:
                                             "PULUMI_BACKEND_URL to the backend that holds it") from None
                 automation_stack = auto.Stack.create(name, workspace)
                 self.created = True
+            except auto.CommandError as error:
+                # Wrong credentials or a store that does not answer: one line naming the backend, before anything.
+                said = faults.backend_fault(name, str(error), self.backend_url)
+                if said is None:
+                    raise
+                raise faults.CloudFault(said) from None
         self._stack = automation_stack
         self._delete_server = delete_server or self._delete_server_in_cloud
         # Set once the checks an `up` starts with have passed, or its own `up` succeeded, in this run of the tool:
@@ -157,6 +163,9 @@ class PulumiStack:
         None for anything else. Reading the cloud to say more must never hide the run's own error."""
         from . import preflight
 
+        backend = faults.backend_fault(self.name, text, self.backend_url)
+        if backend:
+            return backend
         missing = faults.missing_stack_message(self.name, text, faults.references_of(self.name, self.work_dir))
         if missing:
             return missing

@@ -317,3 +317,57 @@ def test_a_volume_types_quota_stopping_an_up_says_how_far_short_it_is(monkeypatc
     message = faults.quota_message("huawei", headrooms)
     assert ("volumes_ssd: this stack needs 3 in all and holds 1; the quota is 2 with 2 in use, so it is 2 short: ask "
             "the cloud's operator to raise the volumes_ssd quota by 2 (to 4)") in message
+
+
+# The state backend's own words through the real CLI v3.259.0 and the Versity S3 gateway v1.8.0 (the integration
+# tier's store), quoted from a run with a wrong secret and with an unknown access key.
+WRONG_SECRET = ('error: read ".pulumi/meta.yaml": blob (key ".pulumi/meta.yaml") (code=Unknown): operation error S3: '
+                'GetObject, https response error StatusCode: 403, RequestID: 9JPR72V3NYLLM1ME, HostID: K07NFGX=, api '
+                'error SignatureDoesNotMatch: The request signature we calculated does not match the signature you '
+                'provided. Check your key and signing method.')
+UNKNOWN_KEY = ('error: read ".pulumi/meta.yaml": blob (key ".pulumi/meta.yaml") (code=Unknown): operation error S3: '
+               'GetObject, https response error StatusCode: 403, RequestID: M3XOB48UTATQ9STD, HostID: 05PWH7=, api '
+               'error InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records.')
+BACKEND = "s3://crdb-federation-state?endpoint=http://127.0.0.1:7070&use_path_style=true&region=us-east-1"
+
+
+def test_a_state_backend_that_refuses_the_operators_credentials_is_named_with_what_to_check():
+    for text, code in ((WRONG_SECRET, "SignatureDoesNotMatch"), (UNKNOWN_KEY, "InvalidAccessKeyId")):
+        said = faults.backend_fault("vexxhost", text, BACKEND)
+        assert said.startswith(f"vexxhost: the state backend s3://crdb-federation-state refused this operator's "
+                               f"credentials ({code}: ") and "Nothing was started" in said
+        assert "AWS_SECRET_ACCESS_KEY" in said and "127.0.0.1:7070" not in said
+    assert faults.backend_fault("vexxhost", "error: something else", BACKEND) is None
+
+
+def test_a_backend_that_stops_answering_mid_run_is_named_and_not_taken_for_a_cloud_outage():
+    # Verbatim from a real `pulumi up` (v3.259.0) whose Versity S3 gateway was stopped mid-run.
+    text = ('error: pre-step event returned an error: failed to save snapshot: An IO error occurred while writing the '
+            'new snapshot file: blob (key ".pulumi/stacks/demo/dev.json") (code=Unknown): operation error S3: PutObject, '
+            'exceeded maximum number of attempts, 3, https response error StatusCode: 0, RequestID: , HostID: , request '
+            'send failed, Put "http://127.0.0.1:48383/crdb-federation-state/.pulumi/stacks/demo/dev.json?x-id=PutObject"'
+            ': dial tcp 127.0.0.1:48383: connect: connection refused\nerror: there was a problem deleting the lock at '
+            's3://crdb-federation-state/.pulumi/locks/organization/demo/dev/8820.json?endpoint=http%3A%2F%2F127.0.0.1'
+            '%3A48383, manual clean up may be required: blob (key ".pulumi/locks/organization/demo/dev/8820.json") '
+            '(code=Unknown): operation error S3: HeadObject, exceeded maximum number of attempts, 3, https response '
+            'error StatusCode: 0, RequestID: , HostID: , request send failed, Head "http://127.0.0.1:48383/crdb-'
+            'federation-state/.pulumi/locks/organization/demo/dev/8820.json": dial tcp 127.0.0.1:48383: connect: '
+            'connection refused')
+    said = faults.backend_fault("vexxhost", text, BACKEND)
+    assert said.startswith("vexxhost: the state backend s3://crdb-federation-state did not answer (dial tcp "
+                           "127.0.0.1:48383: connect: connection refused), so the run stopped")
+    assert said.endswith("`pulumi cancel --stack vexxhost` releases it.")
+    assert faults.api_outage(text) is None  # no OpenStack API was involved
+
+
+def test_the_tool_names_a_backend_that_refuses_the_operators_credentials_before_anything_runs(monkeypatch):
+    from pulumi import automation as auto
+
+    def refused(cls, name, workspace):
+        raise auto.CommandError(auto.CommandResult("", WRONG_SECRET, 255))
+
+    monkeypatch.setattr(auto.Stack, "select", classmethod(refused))
+    monkeypatch.setattr("federation.runner.stack_workspace", lambda work_dir, environment: object())
+    with pytest.raises(faults.CloudFault, match=r"vexxhost: the state backend s3://crdb-federation-state refused this "
+                                                r"operator's credentials \(SignatureDoesNotMatch: "):
+        PulumiStack("vexxhost", environment={"PULUMI_BACKEND_URL": BACKEND}, create=True)
