@@ -169,6 +169,7 @@ def release(holder: LockHolder, backend_url: str) -> bool:
     if path is None or _file_root(backend_url) is None:
         return False
     path.unlink(missing_ok=True)
+    path.with_name(path.name + ATTRS_SUFFIX).unlink(missing_ok=True)
     return True
 
 
@@ -213,8 +214,13 @@ def holding(backend_url: str, qualified_stack: str) -> Iterator[None]:
         ours.unlink(missing_ok=True)
 
 
+# gocloud.dev's fileblob, the diy backend's file:// store, keeps each object's attributes beside it in a sidecar file
+# (blob/fileblob/attrs.go, attrsExt) that no listing returns as an object.
+ATTRS_SUFFIX = ".attrs"
+
+
 def _refuse_if_held(directory: Path, ours: Path) -> None:
-    others = [p for p in directory.iterdir() if p.is_file() and p != ours]
+    others = [p for p in directory.iterdir() if p.is_file() and p != ours and not p.name.endswith(ATTRS_SUFFIX)]
     if others:
         said = []
         for path in others:
