@@ -50,6 +50,14 @@ def _walk(value: Any, where: str = "$", key: str = "") -> Iterator[tuple[str, An
         yield where, value, key
 
 
+def _bookkeeping(where: str, value: str) -> bool:
+    """What the engine writes under a secret-sounding name that is no secret: the names of secret outputs
+    (additionalSecretOutputs), a dependency's URN (propertyDependencies), "set" for an environment variable it saw
+    (the update's environment in history), an encrypted config value ("v1:…"), a boolean."""
+    return (".additionalSecretOutputs[" in where or value.startswith(("urn:pulumi:", "v1:"))
+            or value in ("set", "[secret]", "true", "false"))
+
+
 def scan_document(path: str, text: str) -> list[Finding]:
     """Findings in one object: a JSON document walked leaf by leaf, anything else read as text (pure)."""
     try:
@@ -63,7 +71,7 @@ def scan_document(path: str, text: str) -> list[Finding]:
         for what, pattern in IN_CLEAR.items():
             if pattern.search(value):
                 found.append(Finding(path, where, what))
-        if SECRET_FIELD.search(str(key)) and value not in ("[secret]",) and not value.startswith("v1:"):
+        if SECRET_FIELD.search(str(key)) and not _bookkeeping(where, value):
             found.append(Finding(path, where, f"a value under {key!r}"))
     return found
 

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from components.ops_user import OPS_CERT_FILE, OPS_KEY_FILE
 from tests.integration.project import API_READY_TIMEOUT, explicit_member, passphrase, step_ops
+from tests.integration.state_scan import scan_tree
 from tests.test_trust import another_ca
 
 SEED = "seed"
@@ -222,6 +223,17 @@ def test_no_operators_state_holds_another_operators_secrets(federation, project)
         assert not [name for name, value in mine.items() if _distinctive(value) in seed_text], member
         log = next(federation["runs"].glob(f"*-join/logs/{member}.log")).read_text()
         assert f"eliding undecryptable secrets for stack reference '{SEED_STACK}'" in log, member
+
+
+def test_a_reader_of_the_whole_backend_finds_nothing_that_grants_access(federation, project):
+    """What every operator may read (the shared backend: README, The shared state backend), without any stack's
+    passphrase: every object of the seed's and the members' states, checkpoints, history and backups, walked for a
+    private key, a k3s token, a kubeconfig credential, user data, a licence or a secret-named value in clear
+    (tests/integration/state_scan.py). The file backend holds the same objects an S3 bucket would."""
+    found = scan_tree(project.state)
+    objects = sum(1 for p in (project.state / ".pulumi").rglob("*") if p.is_file())
+    print(f"scanned {objects} objects of {len(MEMBERS) + 1} stacks:", [f.line() for f in found] or "nothing in clear")
+    assert not found, [f.line() for f in found]
 
 
 def test_a_member_refuses_a_seed_state_whose_ca_was_swapped(federation, project):
