@@ -517,8 +517,8 @@ def test_scaling_3_to_4_to_3_is_carried_out_one_node_at_a_time(federation, proje
     project.run("config", "set", "crdb-federation:nodeCount", "3", stack=stack)
     refused, output = project.events("up", stack, "--yes", "--skip-preview")
     errors = _errors(refused)
-    assert any(f"cannot ask the cluster whether" in m and "Nothing was deleted" in m for m in errors), errors
-    print("scale-down refusal:", next(m for m in errors if "cannot ask the cluster" in m))
+    assert any(f"cannot reach the cluster to ask whether" in m and "Nothing was deleted" in m for m in errors), errors
+    print("scale-down refusal:", next(m for m in errors if "cannot reach the cluster to ask" in m))
     assert node in [s.name for s in cloud.compute.servers()]
     assert not [n for n, op in _touched(refused, "openstack:").items() if op == "delete"]
 
@@ -564,7 +564,7 @@ def test_removing_a_member_refuses_while_its_nodes_cannot_be_asked_then_leaves_n
     before = _leftovers(cloud, [stack])
     refused = project.tool("remove", stack, "--yes", "--runs-dir", str(project.directory / "runs-remove"))
     log = next((project.directory / "runs-remove").glob(f"*-remove/logs/{stack}.log")).read_text()
-    assert refused.returncode == 1 and "cannot ask the cluster whether" in log and "Nothing was deleted" in log, log[-3000:]
+    assert refused.returncode == 1 and "cannot reach the cluster to ask whether" in log and "Nothing was deleted" in log, log[-3000:]
     assert _leftovers(cloud, [stack]) == before
     # Nothing left the state either: the cloud's Kubernetes objects (deleted with its server 0, so their deletes
     # cost nothing) wait for the refused decommissioning, so the next `up` finds every one of them.

@@ -162,9 +162,11 @@ def test_the_operators_own_and_another_projects_stack_survive_a_failed_join_the_
         # What it made before the quota stopped it carries the mark (Neutron's tags filter, Cinder's metadata).
         groups = {g.name for g in cloud.network.security_groups(project_id=cloud.current_project_id,
                                                                 tags=owner_tag(owner))}
-        volumes = {v.name for v in cloud.block_storage.volumes() if (v.metadata or {}).get(OWNER_KEY) == owner}
-        print("marked after the failed join:", sorted(groups), sorted(volumes))
-        assert f"{MEMBER}-nodes" in groups and f"{MEMBER}-k3s-0-data" in volumes, (groups, volumes)
+        volumes = {v.name: (v.metadata or {}).get(OWNER_KEY) for v in cloud.block_storage.volumes()
+                   if (v.name or "").startswith(f"{MEMBER}-k3s-")}
+        print("marked after the failed join:", sorted(groups), volumes)
+        # How far it got before the quota stopped it varies; whatever it made carries the mark.
+        assert f"{MEMBER}-nodes" in groups and set(volumes.values()) <= {owner}, (groups, volumes)
     finally:
         _network_quota(cloud, floating_ips=quota["limit"])
     joined, log = _join(project, STACK, runs)
