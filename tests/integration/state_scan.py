@@ -50,11 +50,13 @@ def _walk(value: Any, where: str = "$", key: str = "") -> Iterator[tuple[str, An
         yield where, value, key
 
 
-def _bookkeeping(where: str, value: str) -> bool:
-    """What the engine writes under a secret-sounding name that is no secret: the names of secret outputs
-    (additionalSecretOutputs), a dependency's URN (propertyDependencies), "set" for an environment variable it saw
-    (the update's environment in history), an encrypted config value ("v1:…"), a boolean."""
-    return (".additionalSecretOutputs[" in where or value.startswith(("urn:pulumi:", "v1:"))
+def _bookkeeping(where: str, key: str, value: str) -> bool:
+    """What the engine and the manifests write under a secret-sounding name that is no secret: the names of secret
+    outputs (a resource's additionalSecretOutputs, a StackReference's secretOutputNames), a dependency's URN
+    (propertyDependencies), a Kubernetes volume's reference to a Secret by its name (secretName), "set" for an
+    environment variable (the update's environment in history), an encrypted config value ("v1:…"), a boolean."""
+    return (any(f".{names}[" in where for names in ("additionalSecretOutputs", "secretOutputNames"))
+            or key == "secretName" or value.startswith(("urn:pulumi:", "v1:"))
             or value in ("set", "[secret]", "true", "false"))
 
 
@@ -71,7 +73,7 @@ def scan_document(path: str, text: str) -> list[Finding]:
         for what, pattern in IN_CLEAR.items():
             if pattern.search(value):
                 found.append(Finding(path, where, what))
-        if SECRET_FIELD.search(str(key)) and not _bookkeeping(where, value):
+        if SECRET_FIELD.search(str(key)) and not _bookkeeping(where, str(key), value):
             found.append(Finding(path, where, f"a value under {key!r}"))
     return found
 
