@@ -226,8 +226,9 @@ def _refuse_if_held(directory: Path, ours: Path) -> None:
         for path in others:
             try:
                 content = json.loads(path.read_text())
-                said.append(f"{path}: created by {content.get('username')}@{content.get('hostname')} "
-                            f"(pid {content.get('pid')}) at {content.get('timestamp')}")
+                holder = LockHolder(str(path), content.get("username"), content.get("hostname"), content.get("pid"),
+                                    content.get("timestamp"))
+                said.append(f"{path}: {holder.describe()}")
             except (OSError, ValueError):
                 said.append(str(path))
         raise StackLocked("another run holds this stack: " + "; ".join(said) + ". Nothing was started; run again "

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
-from . import faults, locks, recovery
+from . import faults, locks, recovery, stack_config
 from .progress import CloudProgress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,8 +260,6 @@ class PulumiStack:
     def orphans(self, settle: float = 0) -> tuple[Any, list[recovery.Orphan]]:
         """The stack's cloud, and what provably is the stack's in it (or bears its names) that the state lacks;
         `settle`: seconds to wait for the stack's own resources still being made (recovery.settled)."""
-        from . import stack_config
-
         config = stack_config.resolve(self.name, self.work_dir)
         cloud, member = self._cloud()
         deployment = self._deployment()
@@ -275,8 +273,6 @@ class PulumiStack:
     def _cloud(self) -> tuple[Any, str]:
         """The stack's cloud, with its own clouds.yaml entry as `pulumi up` uses it, and its member name."""
         import openstack
-
-        from . import stack_config
 
         config = stack_config.resolve(self.name, self.work_dir)
         return openstack.connect(cloud=config["cloud"], region_name=config["region"]), self.member_name()
@@ -334,7 +330,7 @@ class PulumiStack:
         """Admits member stacks on the seed: appends those not yet in crdb-federation:members (through the
         CLI, which honours stackConfigDir); returns the ones added. A read, then a write of the stack file: two
         joins on one seed take turns, or one's entries would be lost."""
-        with locks.stack_file_lock(self.work_dir / "stacks" / f"Pulumi.{self.name}.yaml"):
+        with locks.stack_file_lock(stack_config.stack_file(self.name, self.work_dir)):
             current = self._members()
             added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
             self._write_members(added, start=len(current))
@@ -365,8 +361,6 @@ class PulumiStack:
         return done.stdout.strip()
 
     def member_name(self) -> str:
-        from . import stack_config
-
         return stack_config.resolve(self.name, self.work_dir).get("memberName") or self.name
 
 

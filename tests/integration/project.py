@@ -158,13 +158,15 @@ def explicit_member(project: Project, stack: str, node_count: int, seed: dict) -
 
 
 def in_cloud(cloud, stack: str) -> dict[str, list[str]]:
-    """The stack's servers, data volumes, ports and floating IPs in the cloud, by name (IPs by description)."""
-    prefix = f"{stack}-"
+    """The stack's servers, data volumes, ports and floating IPs in the cloud's project the tests run in, by name
+    (IPs by description). Neutron shows an admin every project's (neutron_lib/db/utils.py
+    model_query_scope_is_project), so its listings name the project, as Nova's and Cinder's do by default."""
+    prefix, project = f"{stack}-", cloud.current_project_id
     return {
         "servers": sorted(s.name for s in cloud.compute.servers() if s.name.startswith(prefix)),
         "volumes": sorted(v.name for v in cloud.block_storage.volumes() if (v.name or "").startswith(prefix)),
-        "ports": sorted(p.name for p in cloud.network.ports() if p.name.startswith(prefix)),
-        "floating IPs": sorted(i.description for i in cloud.network.ips()
+        "ports": sorted(p.name for p in cloud.network.ports(project_id=project) if p.name.startswith(prefix)),
+        "floating IPs": sorted(i.description for i in cloud.network.ips(project_id=project)
                                if (i.description or "").startswith(f"crdb-federation {prefix}")),
     }
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from components.ownership import OWNER_KEY, owner_tag
-from tests.integration.project import NOTHING, explicit_member, passphrase, whole
+from tests.integration.project import NOTHING, explicit_member, in_cloud, passphrase, whole
 from tests.integration.test_faults import _destroyed, _join, _network_quota, seed  # noqa: F401 (a fixture)
 
 STACK = "platform9"
@@ -107,17 +107,9 @@ def _still_there(cloud, operators_own, other_project) -> dict[str, bool]:
 
 
 def _the_stacks(cloud) -> dict[str, list[str]]:
-    """in_cloud() of this project alone (production's same-named port is another project's, which an admin's
-    Neutron listing shows too), less the operator's own `<member>-…` resources: the stack's nodes' alone."""
-    project = cloud.current_project_id
-    nodes = f"{MEMBER}-k3s-"
-    return {
-        "servers": sorted(s.name for s in cloud.compute.servers() if s.name.startswith(nodes)),
-        "volumes": sorted(v.name for v in cloud.block_storage.volumes() if (v.name or "").startswith(nodes)),
-        "ports": sorted(p.name for p in cloud.network.ports(project_id=project) if p.name.startswith(nodes)),
-        "floating IPs": sorted(i.description for i in cloud.network.ips(project_id=project)
-                               if (i.description or "").startswith(f"crdb-federation {nodes}")),
-    }
+    """in_cloud() less the operator's own `<member>-…` resources: the stack's nodes' alone."""
+    nodes = (f"{MEMBER}-k3s-", f"crdb-federation {MEMBER}-k3s-")
+    return {kind: [n for n in names if n.startswith(nodes)] for kind, names in in_cloud(cloud, MEMBER).items()}
 
 
 def _owner_id(project) -> str:
