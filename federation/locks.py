@@ -8,6 +8,9 @@ CLI through a shim that, before it execs the real CLI (same pid), records the pi
 PID namespace and the process's start time. A holder is provably gone only when such a record shows it ran in
 this boot and this PID namespace, and no process with that pid and start time runs now. Then only its own lock
 object is deleted, never all of them as `pulumi cancel` does (backend.go CancelCurrentUpdate).
+
+The tool takes and releases the lock alike on a file:// directory and an s3:// bucket (federation/bucket.py, with
+the operator's own credentials): one check-write-check routine over a LockStore of either kind.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Protocol
 from urllib.parse import unquote, urlsplit
+
+from . import bucket
 
 STATE_DIRECTORY = Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")).expanduser() / "crdb-federation"
 RECORDS = STATE_DIRECTORY / "cli-runs"
@@ -162,18 +167,63 @@ def cli_root(real_cli: str, records: Path = RECORDS, directory: Path = STATE_DIR
     return root
 
 
-def release(holder: LockHolder, backend_url: str) -> bool:
-    """Deletes this one holder's lock object on a file backend; False where it cannot (another backend: the
-    operator releases it)."""
-    path = _file_path(holder.url)
-    if path is None or _file_root(backend_url) is None:
-        return False
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ATTRS_SUFFIX).unlink(missing_ok=True)
-    return True
-
-
 # ------------------------------------------------------------------------------------------ the tool's own hold
+class LockStore(Protocol):
+    """A diy backend's objects, keyed as the CLI keys them (relative to the backend): a file:// directory or an
+    s3:// bucket (federation/bucket.py). url() names an object as the tool's refusal does; key_of() reads back
+    the URL the CLI's refusal names a lock object by, None when it is not one of this backend's objects."""
+
+    def list(self, prefix: str) -> list[str]: ...
+    def get(self, key: str) -> bytes: ...
+    def put(self, key: str, body: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def url(self, key: str) -> str: ...
+    def key_of(self, url: str) -> Optional[str]: ...
+
+
+# gocloud.dev's fileblob, the diy backend's file:// store, keeps each object's attributes beside it in a sidecar file
+# (blob/fileblob/attrs.go, attrsExt) that no listing returns as an object.
+ATTRS_SUFFIX = ".attrs"
+
+
+@dataclass(frozen=True)
+class FileStore:
+    """A file:// backend's directory (gocloud.dev fileblob): a key is a path under it."""
+
+    root: Path
+
+    def list(self, prefix: str) -> list[str]:
+        directory = self.root / prefix
+        if not directory.is_dir():
+            return []
+        return [prefix + p.name for p in directory.iterdir() if p.is_file() and not p.name.endswith(ATTRS_SUFFIX)]
+
+    def get(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def put(self, key: str, body: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+
+    def delete(self, key: str) -> None:
+        path = self.root / key
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ATTRS_SUFFIX).unlink(missing_ok=True)  # fileblob's sidecar goes with its object
+
+    def url(self, key: str) -> str:
+        return str(self.root / key)
+
+    def key_of(self, url: str) -> Optional[str]:
+        path = _file_path(url)
+        if path is None:
+            return None
+        try:
+            return Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
+        except ValueError:
+            return None
+
+
 def _file_root(backend_url: str) -> Optional[Path]:
     """The directory of a file:// backend (pulumi's diy `file://~` is the home directory), else None."""
     parts = urlsplit(backend_url)
@@ -188,49 +238,104 @@ def _file_path(url: str) -> Optional[Path]:
     return Path(unquote(parts.path)) if parts.scheme == "file" else None
 
 
-def lock_directory(backend_url: str, qualified_stack: str) -> Optional[Path]:
-    """Where the CLI keeps the stack's lock objects: .pulumi/locks/<org>/<project>/<stack> (lock.go stackLockDir)."""
+HELD_BACKENDS = "the tool holds a stack's lock itself on a file:// or s3:// backend only"
+
+
+def cannot_hold(backend_url: str) -> Optional[str]:
+    """Why the tool cannot hold a stack's lock on this backend, or None when it can (pure: nothing is dialled)."""
+    if _file_root(backend_url) is not None:
+        return None
+    try:
+        if bucket.parse(backend_url) is not None:
+            return None
+    except bucket.UnsupportedBackend as error:
+        return str(error)
+    return f"{HELD_BACKENDS}, not {backend_url.split('?', 1)[0] or 'the CLI login'}"
+
+
+def lock_store(backend_url: str) -> LockStore:
+    """The backend's objects, reached with this operator's own credentials (an s3:// bucket: the AWS SDK's
+    default chain, as the CLI's). NotImplementedError where cannot_hold() says why."""
+    reason = cannot_hold(backend_url)
+    if reason:
+        raise NotImplementedError(reason)
     root = _file_root(backend_url)
-    return None if root is None else root / ".pulumi" / "locks" / Path(*qualified_stack.split("/"))
+    return FileStore(root) if root is not None else bucket.open_bucket(backend_url)
+
+
+LOCKS = ".pulumi/locks"  # lock.go lockDir: workspace.BookkeepingDir/LockDir
+
+
+def lock_prefix(qualified_stack: str) -> str:
+    """Where the CLI keeps the stack's lock objects, relative to the backend: .pulumi/locks/<org>/<project>/<stack>/
+    (pulumi v3.259.0 pkg/backend/diy/lock.go stackLockDir; bucket.go listBucket lists dir + "/")."""
+    return f"{LOCKS}/{qualified_stack}/"
+
+
+def lock_directory(backend_url: str, qualified_stack: str) -> Optional[Path]:
+    """The stack's lock directory on a file backend, else None."""
+    root = _file_root(backend_url)
+    return None if root is None else root / lock_prefix(qualified_stack)
+
+
+def _is_lock_key(key: str, qualified_stack: Optional[str]) -> bool:
+    """A lock object of one stack: .pulumi/locks/<org>/<project>/<stack>/<id>.json (lock.go lockPath), of
+    qualified_stack's when given. No segment may be empty, "." or "..": a store may resolve them as paths."""
+    parts = key.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != LOCKS or not parts[-1].endswith(".json"):
+        return False
+    if any(p in ("", ".", "..") for p in parts):
+        return False
+    return qualified_stack is None or key.startswith(lock_prefix(qualified_stack))
+
+
+def release(holder: LockHolder, backend_url: str, qualified_stack: Optional[str] = None) -> bool:
+    """Deletes this one holder's lock object, named by the URL the CLI's refusal gives it (lock.go
+    lockURLForError), never another's; False where it is not a stack's lock object in this backend (of
+    qualified_stack's, when given) or the tool cannot hold this backend's locks. A store's refusal raises."""
+    try:
+        store = lock_store(backend_url)
+    except NotImplementedError:
+        return False
+    key = store.key_of(holder.url)
+    if key is None or not _is_lock_key(key, qualified_stack):
+        return False
+    store.delete(key)
+    return True
 
 
 @contextmanager
 def holding(backend_url: str, qualified_stack: str) -> Iterator[None]:
-    """Holds the stack's lock as the CLI takes it (lock.go Lock: check, write our object, check again), so no
-    `pulumi up`, `refresh` or `destroy` of the stack can start meanwhile. Raises StackLocked, naming the holders,
-    when another run holds it, and NotImplementedError on a backend other than a file one."""
-    directory = lock_directory(backend_url, qualified_stack)
-    if directory is None:
-        raise NotImplementedError(f"the tool holds a stack's lock itself on a file:// backend only, not {backend_url}")
-    directory.mkdir(parents=True, exist_ok=True)
-    ours = directory / f"{uuid.uuid4()}.json"
-    _refuse_if_held(directory, ours)
-    ours.write_text(json.dumps({"pid": os.getpid(), "username": getpass.getuser(), "hostname": socket.gethostname(),
-                                "timestamp": datetime.now(timezone.utc).isoformat()}))
+    """Holds the stack's lock as the CLI takes it (lock.go Lock: check, write our object, check again, and
+    Unlock deletes it), so no `pulumi up`, `refresh` or `destroy` of the stack can start meanwhile. Raises
+    StackLocked, naming the holders, when another run holds it; NotImplementedError on a backend the tool cannot
+    hold (cannot_hold); a store's refusal (e.g. AccessDenied for another operator's stack) as the store said it."""
+    store = lock_store(backend_url)
+    prefix = lock_prefix(qualified_stack)
+    ours = f"{prefix}{uuid.uuid4()}.json"
+    _refuse_if_held(store, prefix, ours)
+    # The fields of lock.go newLockContent; Go's time.Time reads an RFC 3339 timestamp with an offset.
+    store.put(ours, json.dumps({"pid": os.getpid(), "username": getpass.getuser(), "hostname": socket.gethostname(),
+                                "timestamp": datetime.now(timezone.utc).isoformat()}).encode())
     try:
-        _refuse_if_held(directory, ours)
+        _refuse_if_held(store, prefix, ours)
         yield
     finally:
-        ours.unlink(missing_ok=True)
+        store.delete(ours)
 
 
-# gocloud.dev's fileblob, the diy backend's file:// store, keeps each object's attributes beside it in a sidecar file
-# (blob/fileblob/attrs.go, attrsExt) that no listing returns as an object.
-ATTRS_SUFFIX = ".attrs"
-
-
-def _refuse_if_held(directory: Path, ours: Path) -> None:
-    others = [p for p in directory.iterdir() if p.is_file() and p != ours and not p.name.endswith(ATTRS_SUFFIX)]
+def _refuse_if_held(store: LockStore, prefix: str, ours: str) -> None:
+    others = [key for key in store.list(prefix) if key != ours]
     if others:
         said = []
-        for path in others:
+        for key in others:
             try:
-                content = json.loads(path.read_text())
-                holder = LockHolder(str(path), content.get("username"), content.get("hostname"), content.get("pid"),
-                                    content.get("timestamp"))
-                said.append(f"{path}: {holder.describe()}")
-            except (OSError, ValueError):
-                said.append(str(path))
+                content = json.loads(store.get(key))
+                holder = LockHolder(store.url(key), content.get("username"), content.get("hostname"),
+                                    content.get("pid"), content.get("timestamp"))
+                said.append(f"{holder.url}: {holder.describe()}")
+            except (OSError, ValueError):  # gone meanwhile, or not a lock the CLI wrote: still a holder
+                said.append(store.url(key))
         raise StackLocked("another run holds this stack: " + "; ".join(said) + ". Nothing was started; run again "
                           "once it ends (if you know its process is gone, `pulumi cancel` releases the lock)")
 

@@ -206,7 +206,7 @@ class PulumiStack:
                 raise locks.StackLocked(_held_message(self.name, holders)) from error
             on_output(f"{self.name}'s lock was left by a run that is gone ("
                       + "; ".join(h.describe() for h in holders) + "): releasing that lock alone")
-            if not all(locks.release(h, self.backend_url) for h in holders):
+            if not all(locks.release(h, self.backend_url, self.qualified_name()) for h in holders):
                 raise locks.StackLocked(_held_message(self.name, holders)) from error
             work()
 
@@ -221,10 +221,10 @@ class PulumiStack:
             self._stack.refresh(clear_pending_creates=True, on_output=on_output, color="never", show_secrets=False)
             on_output(f"the last run of {self.name} was interrupted: {len(pending)} pending operation(s) "
                       f"({recovery.describe_pending(pending)}), cleared by a refresh")
-        if locks.lock_directory(self.backend_url, self.name) is None:
-            on_output(f"{self.name}: not looking for what an interrupted run left in the cloud: the tool holds a "
-                      f"stack's lock itself on a file:// backend only; `python -m federation orphans {self.name}` "
-                      "lists it")
+        unheld = locks.cannot_hold(self.backend_url)
+        if unheld:
+            on_output(f"{self.name}: not looking for what an interrupted run left in the cloud: {unheld}; "
+                      f"`python -m federation orphans {self.name}` lists it")
             return
         try:
             with self.holding():

@@ -3,6 +3,7 @@ processes run through the real shim, in this PID namespace and in another (unsha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from federation import locks
+from federation import bucket, locks
 from tests.validators import assert_shellcheck_clean
 
 # The CLI's refusal, as pulumi v3.259.0 pkg/backend/diy/lock.go checkForLock words it.
@@ -112,8 +113,8 @@ def test_the_tool_holds_the_stack_as_the_cli_does_and_refuses_when_another_run_d
             with locks.holding(backend, "organization/crdb-federation/otc"):
                 pass
     assert [p.name for p in directory.iterdir()] == ["9ba1373a.json.attrs"]
-    with pytest.raises(NotImplementedError, match="file:// backend only"):
-        with locks.holding("s3://state?region=x", "organization/crdb-federation/otc"):
+    with pytest.raises(NotImplementedError, match="file:// or s3:// backend only, not gs://state"):
+        with locks.holding("gs://state", "organization/crdb-federation/otc"):
             pass
 
 
@@ -128,3 +129,91 @@ def test_only_the_proven_holders_own_lock_object_is_released(tmp_path):
     assert locks.release(holder, f"file://{tmp_path}") and not dead.exists() and live.exists()
     assert [p.name for p in directory.iterdir()] == ["live.json"]
     assert not locks.release(holder, "s3://state")
+
+
+# ------------------------------------------------------------------------------------------ an s3:// backend
+# The CLI's refusal on an s3:// backend, verbatim from tests/integration/test_objectstore.py (pulumi v3.259.0,
+# versitygw): lock.go lockURLForError joins the key to the path of the backend URL as backend.go
+# translateLegacyS3Params left it (its query re-encoded, sorted, request_checksum_calculation added).
+S3_BACKEND = "s3://crdb-federation-state?endpoint=http%3A%2F%2F127.0.0.1%3A57401&use_path_style=true&region=us-east-1"
+S3_LOCKED = ("error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or "
+             "delete the lock file with `pulumi cancel`.\n  s3://crdb-federation-state/.pulumi/locks/organization/"
+             "crdb-federation/seed/held-by-alice.json?endpoint=http%3A%2F%2F127.0.0.1%3A57401&region=us-east-1&"
+             "request_checksum_calculation=when_required&use_path_style=true: created by alice@seed-operator "
+             "(pid 4242) at 2026-01-01T00:00:00Z\n")
+SEED_LOCK = ".pulumi/locks/organization/crdb-federation/seed/held-by-alice.json"
+
+
+@pytest.fixture
+def no_checksum_env(monkeypatch):
+    monkeypatch.delenv("AWS_REQUEST_CHECKSUM_CALCULATION", raising=False)
+
+
+def test_an_s3_backend_url_is_read_as_the_cli_reads_it(no_checksum_env):
+    location = bucket.parse(S3_BACKEND)
+    assert (location.bucket, location.prefix, location.endpoint, location.region, location.path_style,
+            location.profile, location.disable_https) == (
+        "crdb-federation-state", "", "http://127.0.0.1:57401", "us-east-1", True, None, False)
+    assert location.checksums == {"request_checksum_calculation": "when_required"}
+    assert location.url == ("s3://crdb-federation-state?endpoint=http%3A%2F%2F127.0.0.1%3A57401&region=us-east-1&"
+                            "request_checksum_calculation=when_required&use_path_style=true")
+    # The v1-era names, a profile, gocloud's `prefix` and the URL's own path, which both prefix every key.
+    legacy = bucket.parse("s3://state/team/a?endpoint=minio:9000&disableSSL=true&s3ForcePathStyle=1&profile=ops"
+                          "&prefix=p-&ssetype=AES256")
+    assert (legacy.endpoint, legacy.disable_https, legacy.path_style, legacy.profile) == (
+        "http://minio:9000", True, True, "ops")
+    assert (legacy.prefix, legacy.path_prefix) == ("p-team/a/", "team/a/")
+    assert legacy.encryption == {"ServerSideEncryption": "AES256"}
+    # Nothing to translate: the URL stays as given; on AWS itself no checksum mode is forced.
+    assert bucket.parse("s3://state?region=eu-west-1").url == "s3://state?region=eu-west-1"
+    assert bucket.parse("s3://state?region=eu-west-1").checksums == {}
+    assert bucket.parse("file:///state") is None
+
+
+def test_an_s3_url_the_tool_cannot_honour_is_said_not_guessed(no_checksum_env):
+    with pytest.raises(bucket.UnsupportedBackend, match="role"):
+        bucket.parse("s3://state?role=arn:aws:iam::1:role/x")
+    with pytest.raises(bucket.UnsupportedBackend, match="use_path_style"):
+        bucket.parse("s3://state?use_path_style=yes")
+    assert locks.cannot_hold("s3://state?region=x") is None and locks.cannot_hold("file:///state") is None
+    assert "role" in locks.cannot_hold("s3://state?role=arn:aws:iam::1:role/x")
+    assert locks.cannot_hold("gs://state?x=1") == ("the tool holds a stack's lock itself on a file:// or s3:// "
+                                                   "backend only, not gs://state")
+
+
+def test_the_clis_s3_lock_url_names_one_key_of_the_backend(no_checksum_env):
+    [holder] = locks.lock_holders(S3_LOCKED)
+    assert (holder.user, holder.host, holder.pid, holder.at) == ("alice", "seed-operator", 4242, "2026-01-01T00:00:00Z")
+    location = bucket.parse(S3_BACKEND)
+    assert bucket.key_of(location, holder.url) == SEED_LOCK
+    assert bucket.lock_url(location, SEED_LOCK) == holder.url
+    assert bucket.key_of(location, holder.url.replace("//crdb-federation-state/", "//other/")) is None
+    # Under a path the URL shows it, and its key is relative to it; gocloud's `prefix` the URL keeps in its query.
+    nested = bucket.parse("s3://state/team?region=x&prefix=p-")
+    assert bucket.lock_url(nested, SEED_LOCK) == f"s3://state/team/{SEED_LOCK}?region=x&prefix=p-"
+    assert bucket.key_of(nested, f"s3://state/team/{SEED_LOCK}?region=x&prefix=p-") == SEED_LOCK
+    assert bucket.key_of(nested, f"s3://state/{SEED_LOCK}") is None
+
+
+def test_only_a_stacks_own_lock_object_in_the_bucket_is_ever_released(no_checksum_env):
+    """Decided before the store is asked anything: no request is made for these."""
+    [holder] = locks.lock_holders(S3_LOCKED)
+    for url in (holder.url.replace("held-by-alice.json", "../seed.json"),
+                holder.url.replace(SEED_LOCK, ".pulumi/stacks/crdb-federation/seed.json"),
+                holder.url.replace("//crdb-federation-state/", "//other/")):
+        assert not locks.release(dataclasses.replace(holder, url=url), S3_BACKEND)
+    assert not locks.release(holder, S3_BACKEND, qualified_stack="organization/crdb-federation/vexxhost")
+    assert not locks.release(holder, "gs://crdb-federation-state")
+    assert locks.lock_prefix("organization/crdb-federation/seed") == ".pulumi/locks/organization/crdb-federation/seed/"
+
+
+def test_the_bucket_is_reached_as_the_url_says(no_checksum_env, monkeypatch):
+    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "alice")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    client = bucket.Bucket(bucket.parse(S3_BACKEND))._client
+    assert (client.meta.endpoint_url, client.meta.region_name) == ("http://127.0.0.1:57401", "us-east-1")
+    assert client.meta.config.s3 == {"addressing_style": "path"}
+    assert client.meta.config.request_checksum_calculation == "when_required"

@@ -327,3 +327,94 @@ def test_a_key_outside_its_own_stack_is_refused(store, machines):
     with pytest.raises(S3Error) as refused:
         store.client(BOB).put(BUCKET, key, b"{}")
     assert (refused.value.status, refused.value.code, refused.value.message) == (403, "AccessDenied", "Access Denied.")
+
+
+# --- the tool's own hold of its stack's lock (federation/locks.py, federation/bucket.py) -------------
+
+SEED_QUALIFIED = f"organization/{PROJECT}/seed"
+UP_SEED = ("up", "--yes", "--skip-preview", "--stack", "seed")
+
+
+def _as_operator(monkeypatch, machine: Machine) -> str:
+    """This process's environment as the operator's CLI has it: its own AWS_* alone (boto3 reads the same
+    chain as the CLI's Go SDK). Returns its backend URL."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in machine.env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    return machine.env["PULUMI_BACKEND_URL"]
+
+
+def test_the_tool_holds_its_own_stacks_lock_in_the_bucket(store, machines, monkeypatch):
+    """While the tool holds the seed's lock with alice's key pair, alice's own `up` is refused as locked, naming
+    the tool's lock object by the very URL the tool would print; once the hold ends, the same `up` runs."""
+    from federation import bucket, locks
+
+    alice, _ = machines
+    backend = _as_operator(monkeypatch, alice)
+    with locks.holding(backend, SEED_QUALIFIED):
+        [ours] = store.root.keys(BUCKET, SEED_LOCKS)
+        content = json.loads(store.root.get(BUCKET, ours))
+        assert content["pid"] == os.getpid() and set(content) == {"pid", "username", "hostname", "timestamp"}
+        done = alice.run(*UP_SEED)
+        assert done.returncode != 0
+        assert "the stack is currently locked by 1 lock(s)" in done.stderr, done.stderr
+        [holder] = locks.lock_holders(done.stderr)
+        assert holder.url == bucket.lock_url(bucket.parse(backend), ours), done.stderr
+        assert holder.pid == os.getpid()
+    assert not store.root.keys(BUCKET, SEED_LOCKS)
+    alice.ok(*UP_SEED)
+
+
+def test_another_operators_key_cannot_hold_the_seeds_lock(store, machines, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from federation import locks
+
+    _, bob = machines
+    backend = _as_operator(monkeypatch, bob)
+    before = snapshot(store)
+    with pytest.raises(ClientError) as refused:
+        with locks.holding(backend, SEED_QUALIFIED):
+            pytest.fail("bob held the seed's lock")
+    error = refused.value.response["Error"]
+    head, tail = explicit_deny("bob", "s3:PutObject", "\0").split("\0")
+    assert error["Code"] == "AccessDenied" and "(AccessDenied)" in str(refused.value)
+    assert re.fullmatch(re.escape(f"{head}{BUCKET}/{SEED_LOCKS}") + r"[0-9a-f-]{36}\.json" + re.escape(tail),
+                        error["Message"]), error
+    assert snapshot(store) == before
+
+
+def test_the_tool_releases_the_one_lock_the_cli_named(store, held_lock, machines, monkeypatch):
+    """The lock alice's interrupted `up` left, as the CLI's refusal names it: bob's key cannot delete it; alice's
+    deletes that one object and nothing else, and nothing outside the seed's locks however it is named."""
+    from dataclasses import replace
+
+    from botocore.exceptions import ClientError
+
+    from federation import bucket, locks
+
+    alice, bob = machines
+    done = alice.run(*UP_SEED)
+    assert done.returncode != 0
+    [holder] = locks.lock_holders(done.stderr)
+    assert (holder.user, holder.host, holder.pid, holder.at) == ("alice", "seed-operator", 4242,
+                                                                   "2026-01-01T00:00:00Z"), done.stderr
+    before = snapshot(store)
+    backend = _as_operator(monkeypatch, bob)
+    with pytest.raises(ClientError) as refused:
+        locks.release(holder, backend)
+    assert refused.value.response["Error"]["Message"] == explicit_deny("bob", "s3:DeleteObject",
+                                                                       f"{BUCKET}/{held_lock}")
+    assert snapshot(store) == before
+
+    backend = _as_operator(monkeypatch, alice)
+    location = bucket.parse(backend)
+    for elsewhere in (bucket.lock_url(location, SEED_STATE), holder.url.replace(f"s3://{BUCKET}/", "s3://other/"),
+                      bucket.lock_url(location, f".pulumi/locks/organization/{PROJECT}/seed/../seed.json")):
+        assert not locks.release(replace(holder, url=elsewhere), backend)
+    assert not locks.release(holder, backend, qualified_stack=f"organization/{PROJECT}/vexxhost")
+    assert snapshot(store) == before
+    assert locks.release(holder, backend, qualified_stack=SEED_QUALIFIED)
+    assert snapshot(store) == {k: v for k, v in before.items() if k != held_lock}
