@@ -1,6 +1,7 @@
 """Fails clearly when the clouds.yaml entry a stack names cannot be found where OpenStack tools look."""
 
 import os
+import pwd
 import sys
 from pathlib import Path
 
@@ -8,10 +9,15 @@ import yaml
 
 
 def clouds_yaml_paths() -> list[Path]:
-    explicit = os.environ.get("OS_CLIENT_CONFIG_FILE")
-    if explicit:
-        return [Path(explicit)]
-    return [Path.cwd() / "clouds.yaml", Path.home() / ".config/openstack/clouds.yaml", Path("/etc/openstack/clouds.yaml")]
+    """Where the openstack provider looks, in its order (gophercloud/utils v2 openstack/clientconfig/utils.go
+    FindAndReadCloudsYAML): OS_CLIENT_CONFIG_FILE if that file exists, then clouds.yaml and then clouds.yml in the
+    working directory, the user's ~/.config/openstack and /etc/openstack (FindAndReadYAML). Its `~` is the
+    account's home directory (Go's user.Current().HomeDir, from the password database), not $HOME."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    searched = [Path(os.environ["OS_CLIENT_CONFIG_FILE"])] if os.environ.get("OS_CLIENT_CONFIG_FILE") else []
+    for name in ("clouds.yaml", "clouds.yml"):
+        searched += [Path.cwd() / name, home / ".config/openstack" / name, Path("/etc/openstack") / name]
+    return searched
 
 
 def main(stack_file: str) -> int:
@@ -23,15 +29,18 @@ def main(stack_file: str) -> int:
         print(f"error: {stack_file} sets no crdb-federation:cloud (the clouds.yaml entry)", file=sys.stderr)
         return 2
     searched = clouds_yaml_paths()
-    for path in searched:
-        if path.is_file():
-            clouds = (yaml.safe_load(path.read_text()) or {}).get("clouds", {})
-            if cloud in clouds:
-                return 0
-    where = ", ".join(str(p) for p in searched)
-    print(f"error: no OpenStack credentials for cloud '{cloud}' (crdb-federation:cloud in {stack_file}): "
-          f"add a '{cloud}' entry to clouds.yaml in one of: {where}", file=sys.stderr)
-    return 2
+    found = next((path for path in searched if path.is_file()), None)
+    if found is None:
+        where = ", ".join(str(p) for p in searched)
+        print(f"error: no OpenStack credentials for cloud '{cloud}' (crdb-federation:cloud in {stack_file}): "
+              f"no clouds.yaml in any of: {where}", file=sys.stderr)
+        return 2
+    # The provider reads the first file it finds, and only that one.
+    if cloud not in ((yaml.safe_load(found.read_text()) or {}).get("clouds") or {}):
+        print(f"error: no OpenStack credentials for cloud '{cloud}' (crdb-federation:cloud in {stack_file}): "
+              f"{found}, the clouds.yaml the openstack provider reads, has no '{cloud}' entry", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

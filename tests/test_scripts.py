@@ -55,6 +55,15 @@ def test_credentials_found_in_clouds_yaml(tmp_path):
     assert run_check(tmp_path, "clouds:\n  vexxhost:\n    auth: {}\n").returncode == 0
 
 
+def test_only_the_first_clouds_yaml_found_is_read_as_the_provider_reads_it(tmp_path):
+    """gophercloud/utils v2 clientconfig FindAndReadCloudsYAML returns the first file found (the working directory's
+    before the home directory's): an entry in a later one is never seen by `pulumi up`."""
+    (tmp_path / "clouds.yaml").write_text("clouds:\n  otc:\n    auth: {}\n")
+    result = run_check(tmp_path)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'clouds.yaml'}, the clouds.yaml the openstack provider reads, has no 'vexxhost'" in result.stderr
+
+
 # A stand-in for `go` that builds nothing: it writes each binary a build would make (a script answering
 # `version`/`--version`) and, like the real go command, chatters on stdout, so a message that leaks from an
 # installer onto stdout shows up in what the caller would put on PATH.
