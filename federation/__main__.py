@@ -1,4 +1,4 @@
-"""python -m federation {join,preview,preflight,remove,orphans,ranges,status,fingerprints,report}: the whole federation from
+"""python -m federation {join,preview,preflight,remove,orphans,ranges,status,fingerprints,prepare,explain,report}: the whole federation from
 one terminal."""
 
 from __future__ import annotations
@@ -80,6 +80,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     status.add_argument("--certs-dir", type=Path, help="ca.crt, client.root.crt, client.root.key (default: from the seed)")
     prints = commands.add_parser("fingerprints", help="the seed's CA fingerprints, for its operator to hand over")
     prints.add_argument("--seed", default=SEED)
+    # scripts/up.sh's steps around one operator's own `pulumi up` (federation/own_run.py).
+    prepare = commands.add_parser("prepare", help="before an `up` of this stack: release a lock a gone run of this "
+                                  "machine left, clear an interrupted run's leftovers, heal servers in ERROR")
+    prepare.add_argument("stack")
+    explain = commands.add_parser("explain", help="after a failed `up` of this stack: say what stopped it")
+    explain.add_argument("stack")
+    explain.add_argument("errors", type=Path, help="the CLI's error output")
+    explain.add_argument("--events", type=Path, help="the run's engine event log (pulumi up --event-log)")
     report = commands.add_parser("report", help="render a run's timeline JSON as a self-contained HTML report")
     report.add_argument("timeline", type=Path)
     report.add_argument("-o", "--output", type=Path)
@@ -135,6 +143,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         output.write_text(timeline.render_report(json.loads(args.timeline.read_text())))
         console.print(f"report: {output}")
         return 0
+
+    if args.command in ("prepare", "explain"):
+        from . import own_run
+
+        errors = Console(stderr=True, soft_wrap=True)
+
+        def say(line: str) -> None:
+            errors.print(line, markup=False, highlight=False)
+        if args.command == "prepare":
+            return own_run.prepare(args.stack, say)
+        return own_run.explain(args.stack, args.errors, say, events=args.events)
 
     known = stack_names()
     chosen = getattr(args, "stacks", None) or ([args.stack] if getattr(args, "stack", None) else [])

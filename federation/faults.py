@@ -371,9 +371,11 @@ def backend_fault(stack: str, text: str, backend_url: str) -> Optional[str]:
         cause = (gone["cause"] or gone["cause2"] or "").strip()
         # The CLI could not delete its own lock then either (pkg/backend/diy/lock.go Unlock: "manual clean up may be
         # required"): it stays until released.
-        lock = (f" Its lock stayed in the backend: once it answers, and no run of {stack} is going on, `pulumi "
-                f"cancel --stack {stack}` releases it." if "problem deleting the lock" in text else "")
+        lock = (" Its lock stayed in the backend: that next run releases it, as this machine ran the CLI that took it; "
+                f"from another machine, `pulumi cancel --stack {stack}` releases it once no run of {stack} is going on."
+                if "problem deleting the lock" in text else "")
         return (f"{stack}: the state backend {where} did not answer ({cause}), so the run stopped. What the cloud "
-                "made since the last checkpoint the state reached carries the stack's mark and is deleted by the next "
-                f"`python -m federation join {stack}` once the backend answers.{lock}")
+                "made since the last checkpoint the state reached carries the stack's mark: the next "
+                f"`scripts/up.sh {stack}` (or `python -m federation join {stack}`) deletes it once the backend answers, "
+                f"then goes on.{lock}")
     return None

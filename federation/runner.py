@@ -159,36 +159,7 @@ class PulumiStack:
         self._checked = operation == "up"
 
     def _explain(self, text: str) -> Optional[str]:
-        """The operator's words for a cloud that ran out of quota or stopped answering (federation/faults.py);
-        None for anything else. Reading the cloud to say more must never hide the run's own error."""
-        from . import preflight
-
-        backend = faults.backend_fault(self.name, text, self.backend_url)
-        if backend:
-            return backend
-        missing = faults.missing_stack_message(self.name, text, faults.references_of(self.name, self.work_dir))
-        if missing:
-            return missing
-        text += faults.build_faults(text, lambda: self._cloud()[0])  # why Nova ended a build in ERROR
-        resources = faults.quotas_exceeded(text)
-        outage = faults.api_outage(text)
-        if not resources and outage is None:
-            return None
-        try:
-            cloud, _ = self._cloud()
-        except Exception:
-            cloud = None
-        if resources:
-            try:
-                settings = preflight.stack_settings(self.name, self.work_dir)
-                return faults.quota_message(self.name, *faults.quota_headrooms(cloud, settings, resources))
-            except Exception:
-                return faults.quota_message(self.name, [], resources)
-        try:
-            catalog = cloud.session.auth.get_access(cloud.session).service_catalog.catalog
-        except Exception:  # Keystone itself may be the one gone
-            catalog = []
-        return faults.outage_message(self.name, outage, faults.service_of(outage.url, catalog))
+        return explain_failure(self.name, text, self.backend_url, self.work_dir)
 
     def _unlocked(self, work: Callable[[], None], on_output: Callable[[str], None]) -> None:
         """Runs `work`; if a lock refuses it and every holder is provably gone (federation/locks.py: a CLI this tool
@@ -271,11 +242,8 @@ class PulumiStack:
         return cloud, recovery.settled(lambda: recovery.find_orphans(cloud, ownership, known), settle)
 
     def _cloud(self) -> tuple[Any, str]:
-        """The stack's cloud, with its own clouds.yaml entry as `pulumi up` uses it, and its member name."""
-        import openstack
-
-        config = stack_config.resolve(self.name, self.work_dir)
-        return openstack.connect(cloud=config["cloud"], region_name=config["region"]), self.member_name()
+        """The stack's cloud and its member name."""
+        return stack_cloud(self.name, self.work_dir), self.member_name()
 
     def _broken_servers(self, on_output: Callable[[str], None]) -> list[str]:
         """Servers to heal. A server that ended in ERROR is otherwise only `updated` by the next `up`, which
@@ -362,6 +330,48 @@ class PulumiStack:
 
     def member_name(self) -> str:
         return stack_config.resolve(self.name, self.work_dir).get("memberName") or self.name
+
+
+def explain_failure(name: str, text: str, backend_url: str, work_dir: Path = ROOT) -> Optional[str]:
+    """The operator's words for a run that failed on its state backend, a missing stack reference, a cloud out of
+    quota or a cloud API that stopped answering (federation/faults.py); None for anything else. Reading the cloud
+    to say more must never hide the run's own error."""
+    from . import preflight
+
+    backend = faults.backend_fault(name, text, backend_url)
+    if backend:
+        return backend
+    missing = faults.missing_stack_message(name, text, faults.references_of(name, work_dir))
+    if missing:
+        return missing
+    text += faults.build_faults(text, lambda: stack_cloud(name, work_dir))  # why Nova ended a build in ERROR
+    resources = faults.quotas_exceeded(text)
+    outage = faults.api_outage(text)
+    if not resources and outage is None:
+        return None
+    try:
+        cloud = stack_cloud(name, work_dir)
+    except Exception:
+        cloud = None
+    if resources:
+        try:
+            settings = preflight.stack_settings(name, work_dir)
+            return faults.quota_message(name, *faults.quota_headrooms(cloud, settings, resources))
+        except Exception:
+            return faults.quota_message(name, [], resources)
+    try:
+        catalog = cloud.session.auth.get_access(cloud.session).service_catalog.catalog
+    except Exception:  # Keystone itself may be the one gone
+        catalog = []
+    return faults.outage_message(name, outage, faults.service_of(outage.url, catalog))
+
+
+def stack_cloud(name: str, work_dir: Path = ROOT) -> Any:
+    """The stack's cloud, with its own clouds.yaml entry as `pulumi up` uses it."""
+    import openstack
+
+    config = stack_config.resolve(name, work_dir)
+    return openstack.connect(cloud=config["cloud"], region_name=config["region"])
 
 
 def _held_message(stack: str, holders: Sequence[locks.LockHolder]) -> str:

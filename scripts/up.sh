@@ -17,7 +17,8 @@ pulumi_bin=$(bash scripts/install-pulumi.sh) || fail "could not install the pinn
 export PATH="$pulumi_bin:$PATH"
 
 [ -x venv/bin/python ] || python3 -m venv venv
-venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# The program's packages and the tool's (it prepares the run and explains a failure, below).
+venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-tool.txt
 
 # Credentials: the clouds.yaml entry the stack names, where every OpenStack tool looks for it.
 venv/bin/python scripts/check_credentials.py "stacks/Pulumi.$stack.yaml" || exit 2
@@ -44,8 +45,35 @@ if [ -z "$provider" ] || [ "$provider" = passphrase ]; then
   provider=passphrase
 fi
 
+# What every run starts with (README: When a run is interrupted): a lock that a gone run of this machine left is
+# released, an interrupted run's leftovers are cleared, servers in ERROR healed. Credentials the backend refuses
+# stop here, in one line, before anything is made.
+venv/bin/python -m federation prepare "$stack" || exit 2
 pulumi stack select --create --secrets-provider "$provider" --stack "$stack" --non-interactive
 # Through the shim that records where this CLI process runs, so that a lock it leaves when killed can be proven
-# stale by the federation tool (README: When a run is interrupted).
+# stale by the federation tool. A failure the tool knows (a backend or cloud API that stopped answering, a quota)
+# is then said in its words, read from the CLI's error stream and its engine event log (the only record of the
+# diagnostics that does not take the terminal from the CLI; `--event-log` exists with PULUMI_DEBUG_COMMANDS
+# alone, pulumi v3.259.0 cmd/pulumi/operations/up.go). A caller's own --event-log is the one read.
 shim=$(venv/bin/python -m federation.locks "$(command -v pulumi)")
-exec "$shim/bin/pulumi" up --stack "$stack" "$@"
+events="" previous=""
+for arg in "$@"; do
+  case "$arg" in --event-log=*) events=${arg#--event-log=} ;; esac
+  [ "$previous" = --event-log ] && events=$arg
+  previous=$arg
+done
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+log_flags=()
+if [ -z "$events" ]; then
+  events="$scratch/events.jsonl"
+  log_flags=(--event-log "$events")
+fi
+status=0
+# stdout stays where it was (fd 3); stderr goes through tee, which the pipeline waits for (pipefail: the CLI's status).
+{ PULUMI_DEBUG_COMMANDS=true "$shim/bin/pulumi" up --stack "$stack" ${log_flags[@]+"${log_flags[@]}"} "$@" \
+    2>&1 1>&3 3>&- | tee "$scratch/errors" >&2; } 3>&1 || status=$?
+if [ "$status" -ne 0 ]; then
+  venv/bin/python -m federation explain "$stack" "$scratch/errors" --events "$events" || true
+fi
+exit "$status"

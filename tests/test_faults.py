@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from federation import faults
+from federation import faults, runner
 from federation.runner import PulumiStack
 from tests.fake_stacks import FakeCli
 from tests.test_recovery import PROJECT, FakeCloud, _server
@@ -107,7 +107,7 @@ def test_an_up_the_quota_stopped_says_which_quota_and_by_how_much_to_raise_it(mo
                                             project_id=PROJECT)])
     stack = PulumiStack("huawei", automation_stack=_FailingUp(FIP_QUOTA))
     stack._checked = True  # the recovery an up starts with is tests/test_recovery.py's
-    monkeypatch.setattr(stack, "_cloud", lambda: (cloud, "huawei"))
+    monkeypatch.setattr(runner, "stack_cloud", lambda name, work_dir=None: cloud)
     said = []
     with pytest.raises(faults.CloudFault) as raised:
         stack.run("up", lambda e: None, said.append)
@@ -124,7 +124,7 @@ def test_an_up_an_outage_stopped_names_the_service_and_one_that_failed_otherwise
 
     stack = PulumiStack("huawei", automation_stack=_FailingUp(NEUTRON_DOWN))
     stack._checked = other_checked = True  # the recovery an up starts with is tests/test_recovery.py's
-    monkeypatch.setattr(stack, "_cloud", lambda: (Catalogued(), "huawei"))
+    monkeypatch.setattr(runner, "stack_cloud", lambda name, work_dir=None: Catalogued())
     with pytest.raises(faults.CloudFault, match=r"network API \(Neutron\) did not answer"):
         stack.run("up", lambda e: None, lambda line: None)
     other = PulumiStack("huawei", automation_stack=_FailingUp("error: something else"))
@@ -291,7 +291,7 @@ def test_a_build_that_ended_in_error_is_explained_by_the_servers_fault(monkeypat
     assert faults.build_faults(NEUTRON_DOWN, lambda: 1 / 0) == ""
 
     stack = PulumiStack("huawei", automation_stack=SimpleNamespace())
-    monkeypatch.setattr(stack, "_cloud", lambda: (cloud, "huawei"))
+    monkeypatch.setattr(runner, "stack_cloud", lambda name, work_dir=None: cloud)
     said = stack._explain(BOOT_IN_ERROR)
     assert said.startswith("huawei: the cloud refused a create, its quota exhausted. volumes:"), said
 
@@ -356,7 +356,8 @@ def test_a_backend_that_stops_answering_mid_run_is_named_and_not_taken_for_a_clo
     said = faults.backend_fault("vexxhost", text, BACKEND)
     assert said.startswith("vexxhost: the state backend s3://crdb-federation-state did not answer (dial tcp "
                            "127.0.0.1:48383: connect: connection refused), so the run stopped")
-    assert said.endswith("`pulumi cancel --stack vexxhost` releases it.")
+    assert "the next `scripts/up.sh vexxhost` (or `python -m federation join vexxhost`) deletes it" in said
+    assert said.endswith("`pulumi cancel --stack vexxhost` releases it once no run of vexxhost is going on.")
     assert faults.api_outage(text) is None  # no OpenStack API was involved
 
 
