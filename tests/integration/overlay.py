@@ -26,7 +26,9 @@ PROVIDER_NETWORK = "provider"  # shared, fixed addresses are public, 198.19.0.0/
 # Neutron's limit for the local cloud's VXLAN tenant networks (1500 less the encapsulation): a stack whose
 # cloud is not encapsulated (otc: 1500) is refused a network above it.
 LOCAL_MAX_MTU = 1450
-PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "federation", "policy", "requirements.txt")
+# What an operator clones: the program, the tool and the scripts that run them.
+PROGRAM = ("Pulumi.yaml", "__main__.py", "components", "federation", "policy", "scripts", "requirements.txt",
+           "requirements-tool.txt")
 
 
 def overlay_config(config: dict[str, Any]) -> dict[str, Any]:

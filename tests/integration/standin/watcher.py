@@ -54,7 +54,9 @@ class Watcher:
 
     # ----------------------------------------------------------------------------------------- one round
     def round(self) -> None:
-        servers = [s for s in self.cloud.compute.servers(details=True) if (s.metadata or {}).get(MEMBER_KEY)]
+        # The hypervisor's view, as the cloud's admin: every project's servers (each operator has a project of its own).
+        servers = [s for s in self.cloud.compute.servers(details=True, all_projects=True)
+                   if (s.metadata or {}).get(MEMBER_KEY)]
         by_member: dict[str, list[Any]] = {}
         for server in servers:
             if not self.only or server.metadata[MEMBER_KEY] in self.only:
@@ -175,7 +177,7 @@ class Watcher:
         root = self.state / "datastores"
         if not root.is_dir():
             return
-        volumes = {v.id for v in self.cloud.block_storage.volumes()}
+        volumes = {v.id for v in self.cloud.block_storage.volumes(all_projects=True)}
         running = {str(s.plane.datastore) for s in self.stacks.values() if s.plane}
         for directory in root.iterdir():
             if directory.name not in volumes and str(directory) not in running:
