@@ -6,7 +6,7 @@ environment alone (its backend credentials, its passphrase, its clouds.yaml):
   failed run made in the cloud and the state lacks is deleted under the stack's lock, servers in ERROR are healed.
   Credentials the backend refuses stop it here, in one line, before anything is made.
 - `explain`, after a run that failed: the operator's words for what stopped it (runner.explain_failure), from the
-  CLI's own error output.
+  CLI's error stream and the run's engine event log.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def prepare(stack: str, say: Callable[[str], None], work_dir: Path = ROOT) -> in
         return 0  # a first `up`: nothing to clear, and scripts/up.sh creates the stack next
     except (faults.CloudFault, StackLocked) as error:
         say(f"error: {error}")
+        return 2
+    except Exception as error:  # one line, not a traceback; the up does not start on checks that did not run
+        say(f"error: {stack}: the checks before its up did not run ({error}); nothing was started")
         return 2
     return 0
 

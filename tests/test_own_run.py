@@ -45,6 +45,10 @@ def test_refused_credentials_or_a_live_holder_stop_the_up_before_it_starts(monke
         monkeypatch.setattr(own_run, "PulumiStack", _Stack(error))
         assert own_run.prepare("zte", said.append) == 2
         assert said == [f"error: {error}"]
+    said = []
+    monkeypatch.setattr(own_run, "PulumiStack", _Stack(RuntimeError("the CLI crashed")))
+    assert own_run.prepare("zte", said.append) == 2
+    assert said == ["error: zte: the checks before its up did not run (the CLI crashed); nothing was started"]
     monkeypatch.setattr(own_run, "PulumiStack", _Stack())
     said = []
     assert own_run.prepare("zte", said.append) == 0 and said == ["prepared"]
