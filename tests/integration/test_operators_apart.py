@@ -65,10 +65,10 @@ def operators(store, local_cloud, standin, toolchain, tmp_path_factory) -> dict[
             for s in STACKS}
 
 
-def _up_at_once(machines: list[OperatorMachine], round_name: str, env=None) -> dict[str, tuple[int, str, float]]:
+def _up_at_once(machines: list[OperatorMachine], round_name: str) -> dict[str, tuple[int, str, float]]:
     """Each operator's `scripts/up.sh`, all started together; stack -> (exit code, output, seconds)."""
     started = time.monotonic()
-    processes = {m.stack: m.start(m.up_command(), m.directory / f"{round_name}.log", env) for m in machines}
+    processes = {m.stack: m.start(m.up_command(), m.directory / f"{round_name}.log") for m in machines}
     done = {}
     for machine in machines:
         code = processes[machine.stack].wait(timeout=1500)
