@@ -26,6 +26,7 @@ from typing import Optional
 import pytest
 from cryptography import x509
 
+from federation.locks import lock_prefix
 from tests.integration import objectstore
 from tests.integration.objectstore import ObjectStore, Operator
 from tests.integration.operators import BUCKET, OperatorMachine, make_operator, open_account
@@ -309,7 +310,7 @@ def test_a_30_second_store_outage_during_the_members_first_ups_is_ridden_out(fed
         made = in_cloud(operators[member].cloud(), member)
         assert made["servers"] == [f"{member}-k3s-0"], made
         assert all(len(names) == len(set(names)) for names in made.values()), made
-        assert store.root.keys(BUCKET, f".pulumi/locks/organization/{PROJECT}/{member}/") == []
+        assert store.root.keys(BUCKET, lock_prefix(qualified(member))) == []
 
 
 # Longer than the CLI's retries of one checkpoint (73 to 80 s measured): the save fails and the update stops. A store
@@ -335,7 +336,7 @@ def test_a_store_outage_that_outlasts_the_clis_retries_is_said_in_one_line_and_t
     assert code == 0, said[-4000:]
     assert in_cloud(zte.cloud(), "zte") == whole("zte", 2)  # each made once: nothing twice
     assert _nodes(zte)["zte-k3s-0"] == before["zte-k3s-0"]  # nothing lost
-    assert store.root.keys(BUCKET, f".pulumi/locks/organization/{PROJECT}/zte/") == []
+    assert store.root.keys(BUCKET, lock_prefix(qualified("zte"))) == []
     assert _outputs(zte, "zte")["certificatesSigned"] is True
 
 
