@@ -48,5 +48,7 @@ if cockroach.seed is not None:
     seed = cockroach.seed
     pulumi.export("signedCertificates", seed.admissions.signed)
     pulumi.export("federationJoin", seed.admissions.federation_join)
+    # Why the seed's signing service refused a member's requests, for that member's `up` to say.
+    pulumi.export("refusals", settings.cockroach.refusals)
     pulumi.export("rootClientCertificate", seed.authority.root_cert_pem)
     pulumi.export("rootClientKey", seed.authority.root_key_pem)

@@ -87,11 +87,13 @@ def member_trust(settings: Settings, identity: NodeIdentity, opts: pulumi.Resour
         signed = pulumi.Output.all(output("signedCertificates"), seed_member).apply(lambda v: v[0].get(own) or {})
         published = signed.apply(lambda s: (s.get("node") or c.node_certificate,
                                             s.get("client") or c.node_client_certificate, s.get("ops")))
-        # Signed within this `up` when the federation tool joins it (components/signature.py).
-        wait = SignatureWait(f"{c.member}-signature", stack=own, node_request=identity.requests.node,
+        # Signed within this `up` by the seed's signing service (components/signature.py).
+        wait = SignatureWait(f"{c.member}-signature", stack=own, seed=c.seed_stack, node_request=identity.requests.node,
                              client_request=identity.requests.client, ops_request=identity.requests.ops,
                              wanted=pulumi.Output.all(published, identity.requests.node).apply(
-                                 lambda v: not answers(v[0][0], v[1])), opts=opts)
+                                 lambda v: not answers(v[0][0], v[1])),
+                             timeout=c.signature_wait, token=c.join_token, opts=opts)
+        wait.unsigned.apply(lambda why: pulumi.log.warn(why) if why else None)
         chosen = pulumi.Output.all(published, wait.node, wait.client, wait.ops, identity.requests.node).apply(
             lambda v: v[0] if answers(v[0][0], v[4]) or not v[1] else (v[1], v[2], v[3] or None))
         node, client, ops = (chosen.apply(lambda three, i=i: three[i]) for i in range(3))

@@ -18,6 +18,7 @@ from pulumi.output import UNKNOWN
 
 from . import pki
 from .ops_user import OPS_USER
+from .signature import requests_digest
 from .settings import is_non_public
 
 NODE_COMMON_NAME = "node"
@@ -215,8 +216,9 @@ def signed_for(cert_pem: Optional[str], ca_pem: str, key_pem: str, what: str) ->
 
 def warn_if_readable(value: Any, owner: str, output: str) -> None:
     """A StackReference keeps every output of the referenced stack in the reader's state, decrypted where the
-    reader's secrets provider can: a secret that arrives readable means both stacks share one."""
-    if value is not None:
+    reader's secrets provider can: a secret that arrives readable means both stacks share one. One the reader cannot
+    decrypt arrives elided (pulumi v3.259.0 pkg/backend/secrets.go errorCatchingSecretsManager: "{}" in its place)."""
+    if isinstance(value, str) and value not in ("", "{}"):
         pulumi.log.warn(
             f"this stack ({pulumi.get_stack()}) can read the secret output {output!r} of {owner}: both stacks use "
             "one secrets provider, so this stack's state keeps it decrypted. Give each stack a secrets provider of "
@@ -285,6 +287,15 @@ def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[
 
     `members` holds, per member stack: stack, member (its cloud= name) and requests (node, client and, from a
     member of this version on, ops PEM)."""
+    problems = admission_problems(seed, seed_ips, members)
+    if problems:
+        raise AdmissionError("crdb-federation:members: the seed signs none of these requests:\n"
+                             + "\n".join(f"  - {p}" for p in problems))
+
+
+def admission_problems(seed: str, seed_ips: Sequence[str], members: Sequence[dict[str, Any]]) -> list[str]:
+    """check_admissions' findings, each starting with the member stack it refuses (the signing service refuses
+    those members alone and signs the others)."""
     problems = []
     names = {seed: "the seed"}
     # Private addresses repeat from cloud to cloud; a public one belongs to one stack.
@@ -301,9 +312,7 @@ def check_admissions(seed: str, seed_ips: Sequence[str], members: Sequence[dict[
                     continue
                 if owners.setdefault(ip, stack) != stack:
                     problems.append(f"{stack}: its {kind} request names {ip}, an address of {owners[ip]}")
-    if problems:
-        raise AdmissionError("crdb-federation:members: the seed signs none of these requests:\n"
-                             + "\n".join(f"  - {p}" for p in problems))
+    return problems
 
 
 class MemberAdmissions(pulumi.ComponentResource):
@@ -324,6 +333,7 @@ class MemberAdmissions(pulumi.ComponentResource):
         seen: list[pulumi.Output[dict[str, Any]]] = []
         signed: dict[str, SignedCertificates] = {}
         sent_ops: dict[str, pulumi.Output[bool]] = {}
+        digests: dict[str, pulumi.Output[str]] = {}
         for stack in member_stacks:
             reference = pulumi.StackReference(stack, opts=pulumi.ResourceOptions(parent=self))
             if not shared_secrets:
@@ -349,8 +359,10 @@ class MemberAdmissions(pulumi.ComponentResource):
                 requests.apply(lambda r: r["node"]), requests.apply(lambda r: r["client"]),
                 requests.apply(ops_request_or_stand_in)))
             sent_ops[stack] = requests.apply(lambda r: bool(r.get("ops")))
+            digests[stack] = requests.apply(lambda r: requests_digest(r["node"], r["client"], r.get("ops") or ""))
         self.signed = pulumi.Output.all(**{
-            stack: pulumi.Output.all(node=s.node, client=s.client, ops=s.ops, sent_ops=sent_ops[stack]).apply(
+            stack: pulumi.Output.all(node=s.node, client=s.client, ops=s.ops, sent_ops=sent_ops[stack],
+                                     requests=digests[stack]).apply(
                 published_certificates) for stack, s in signed.items()}
         ) if signed else pulumi.Output.from_input({})
         self.federation_join = pulumi.Output.all(seed_join, checked).apply(lambda v: spread_join(
@@ -387,8 +399,9 @@ def ops_request_or_stand_in(requests: dict[str, str]) -> str:
 
 
 def published_certificates(signed: dict[str, Any]) -> dict[str, str]:
-    """What the seed publishes for a member: node and client, and ops when the member asked for it."""
-    published = {"node": signed["node"], "client": signed["client"]}
+    """What the seed publishes for a member: node and client, ops when the member asked for it, and the digest of
+    the requests they answer (what a member's wait and the seed's signing service match on)."""
+    published = {"node": signed["node"], "client": signed["client"], "requests": signed["requests"]}
     if signed["sent_ops"]:
         published["ops"] = signed["ops"]
     return published

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import json
 import os
+from pathlib import Path
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.
 MIN_DATA_VOLUME_GB = 2
 
 # Never declared in Pulumi.yaml (see there); set with `pulumi config set --secret`.
-SECRET_KEYS = ("kubeconfig", "caPrivateKey", "enterpriseLicense")
+SECRET_KEYS = ("kubeconfig", "caPrivateKey", "enterpriseLicense", "joinToken", "joinTokens")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _K3S_VERSION = re.compile(r"^v\d+\.\d+\.\d+\+k3s\d+$")
@@ -162,6 +163,15 @@ class CockroachSettings:
     # The seed: requests the federation tool took from members' running `up`s (stack -> member name, node and
     # client request), signed before those stacks export them.
     early_requests: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
+    # The seed: member stacks its signing service refused, and why (stack -> {requests: digest, reason}), published
+    # in its outputs for those members' waits; set by the service for one `up`, like early_requests.
+    refusals: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
+    # The seed: the member stacks its signing service signs as their requests appear (federation/service.py).
+    invited: tuple[str, ...] = ()
+    # A member: seconds its `up` waits for the seed's signature (components/signature.py); 0 for the two-step path.
+    signature_wait: int = 600
+    # A member: the join token its seed's operator gave it out of band, when the seed asks for one.
+    join_token: Optional[pulumi.Output] = field(default=None, compare=False)
     enterprise_license: Optional[pulumi.Output] = field(default=None, compare=False)
 
     @property
@@ -246,16 +256,22 @@ class _Reader:
             self.problem(key, raw, "a non-empty list (it is required)")
         return tuple(value)
 
+    def _json(self, key: str) -> Any:
+        """A value the signing service gives as JSON: None when unset, "invalid" when it does not parse."""
+        raw = self.values.get(key)
+        if raw is None or raw == "":
+            return None
+        try:
+            return json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError:
+            return "invalid"
+
     def early_requests(self, key: str, members: Sequence[str]) -> dict[str, dict[str, str]]:
         """stack -> {member, node, client[, ops]}: a listed member stack's name and its PEM certificate requests (the
         SQL user's, ops, from members of this version on)."""
-        raw = self.values.get(key)
-        if raw is None or raw == "":
+        value = self._json(key)
+        if value is None:
             return {}
-        try:
-            value = json.loads(raw) if isinstance(raw, str) else raw
-        except json.JSONDecodeError:
-            value = None
         expected = ("a mapping of member stacks to {member, node, client[, ops]} (a name and two or three PEM "
                     "certificate requests)")
         if not isinstance(value, dict) or not all(
@@ -268,6 +284,18 @@ class _Reader:
                 self.problem(key, stack, "full stack names, organization/project/stack")
             if not all(_loads_as_request(request) for kind, request in entry.items() if kind != "member"):
                 self.problem(key, stack, expected)
+        return {stack: dict(entry) for stack, entry in value.items()}
+
+    def refusals(self, key: str) -> dict[str, dict[str, str]]:
+        """stack -> {requests, reason}: what the seed's signing service refused (a digest of the requests, and why)."""
+        value = self._json(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(
+                _STACK_NAME.match(stack) and isinstance(entry, dict) and set(entry) == {"requests", "reason"}
+                and all(isinstance(x, str) and x for x in entry.values()) for stack, entry in value.items()):
+            self.problem(key, "(refusals)", "a mapping of full stack names to {requests, reason}")
+            return {}
         return {stack: dict(entry) for stack, entry in value.items()}
 
     def matching(self, key: str, value: Optional[str], pattern: re.Pattern, expected: str) -> None:
@@ -401,7 +429,7 @@ def parse_settings(
     secrets = dict(secrets or {})
     r = _Reader(values)
     given = {**{key: "[secret]" for key in secrets}, **values}
-    for key in sorted(set(given) - set(CONFIG_KEYS) - set(SECRET_KEYS) - {EARLY_REQUESTS_KEY}):
+    for key in sorted(set(given) - set(CONFIG_KEYS) - set(SECRET_KEYS) - {EARLY_REQUESTS_KEY, REFUSALS_KEY}):
         # A misspelt key would otherwise be ignored and its default used, silently.
         close = difflib.get_close_matches(key, (*CONFIG_KEYS, *SECRET_KEYS), n=1)
         r.problem(key, given[key], "no such key: this program reads " + (
@@ -608,6 +636,11 @@ def _parse_cockroach(
         if name not in members:
             r.problem("allowRekey", name, "stacks listed in crdb-federation:members")
     early = r.early_requests(EARLY_REQUESTS_KEY, members)
+    refusals = r.refusals(REFUSALS_KEY)
+    invited = r.string_list("invited")
+    for name in invited:
+        r.matching("invited", name, _STACK_NAME, "full stack names, organization/project/stack")
+    signature_wait = r.integer("signatureWait", 600, 0, 86400)
     # The federation tool's signing `up` admits the stacks it gives early requests for, for that run alone: the
     # stack file keeps only what the seed's operator admitted (the tool writes those once they have joined).
     members = (*members, *(stack for stack in early if stack not in members))
@@ -622,8 +655,11 @@ def _parse_cockroach(
     ca_key = secrets.get("caPrivateKey")
     organization = r.string("clusterOrganization")
     licence = secrets.get("enterpriseLicense")
+    join_token = secrets.get("joinToken")
 
     if is_seed:
+        if join_token is not None:
+            r.problem("joinToken", "(secret)", "no value on the seed: its operator gives tokens out (joinTokens)")
         if seed_stack:
             r.problem("seedStack", seed_stack, "no value on the seed: the seed is the established cluster")
         for key, values in pins.items():
@@ -646,11 +682,12 @@ def _parse_cockroach(
     else:
         if ca_key is not None:
             r.problem("caPrivateKey", "(secret)", "no CA key on a member: the seed signs its certificate requests")
-        for key, value in (("members", members), ("clusterOrganization", organization)):
+        for key, value in (("members", members), ("clusterOrganization", organization), ("invited", invited)):
             if value:
                 r.problem(key, value, "no value on a member: the seed sets it")
-        if licence is not None:
-            r.problem("enterpriseLicense", "(secret)", "no value on a member: the seed sets it")
+        for key in ("enterpriseLicense", "joinTokens"):
+            if secrets.get(key) is not None:
+                r.problem(key, "(secret)", "no value on a member: the seed sets it")
         if not seed_stack:
             if not joins:
                 r.problem("seedStack", seed_stack, "the seed's stack name (org/project/stack), or set joinAddresses")
@@ -659,8 +696,9 @@ def _parse_cockroach(
                     r.problem(key, None, "the federation's CA certificate when no seedStack provides it")
         if allow_rekey:
             r.problem("allowRekey", list(allow_rekey), "no value on a member: the seed decides")
-        if early:
-            r.problem("earlyRequests", sorted(early), "no value on a member: the federation tool sets it on the seed")
+        for key, value in ((EARLY_REQUESTS_KEY, early), (REFUSALS_KEY, refusals)):
+            if value:
+                r.problem(key, sorted(value), "no value on a member: the seed's signing service sets it on the seed")
         if seed_stack:
             for key, values in pins.items():
                 if not values:
@@ -703,6 +741,10 @@ def _parse_cockroach(
         client_ca_sha256=pins["clientCaSha256"],
         allow_rekey=allow_rekey,
         early_requests=early,
+        refusals=refusals,
+        invited=invited,
+        signature_wait=signature_wait,
+        join_token=join_token,
         shared_secrets=r.boolean("sharedSecrets", False),
         ca_private_key=ca_key,
         enterprise_license=licence,
@@ -713,6 +755,8 @@ def _parse_cockroach(
 # through the tracked stack file: a tool killed mid-run (SIGKILL, a CI timeout) leaves nothing behind there.
 EARLY_REQUESTS_VARIABLE = "CRDB_FEDERATION_EARLY_REQUESTS"
 EARLY_REQUESTS_KEY = "earlyRequests"  # its name in problems, as a config key's
+REFUSALS_VARIABLE = "CRDB_FEDERATION_REFUSALS"
+REFUSALS_KEY = "refusals"
 
 CONFIG_KEYS = (
     "cloud", "region", "availabilityZone", "image", "serverFlavor", "agentFlavor", "nodeCount", "bootVolumeSize",
@@ -723,8 +767,16 @@ CONFIG_KEYS = (
     "apiReadyTimeout", "existingNodes", "role", "memberName", "clusterName", "cockroachImage", "cockroachMemory",
     "cockroachCpu", "namespace", "seedStack", "joinAddresses", "replicationFactor", "members",
     "clusterOrganization", "caCertificate", "clientCaCertificate", "nodeCertificate", "nodeClientCertificate",
-    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets",
+    "forceRemoval", "caSha256", "clientCaSha256", "allowRekey", "sharedSecrets", "invited", "signatureWait",
 )
+
+
+def _signing_input(variable: str) -> Optional[str]:
+    """The JSON the signing service gives the seed's `up` in `variable`, or in the file it names (@path)."""
+    value = os.environ.get(variable)
+    if value and value.startswith("@"):
+        return Path(value[1:]).read_text()
+    return value
 
 
 def _given_keys() -> list[str]:
@@ -745,7 +797,8 @@ def load_settings(config: Optional[pulumi.Config] = None, stack: Optional[str] =
         raise SettingsError([f"{PROJECT}:{EARLY_REQUESTS_KEY} = (requests): expected no such key in the stack file: an "
                              "earlier version of the federation tool left it there when it was stopped mid-join; "
                              f"remove it (pulumi config rm {EARLY_REQUESTS_KEY})"])
-    values[EARLY_REQUESTS_KEY] = os.environ.get(EARLY_REQUESTS_VARIABLE)
+    values[EARLY_REQUESTS_KEY] = _signing_input(EARLY_REQUESTS_VARIABLE)
+    values[REFUSALS_KEY] = _signing_input(REFUSALS_VARIABLE)
     values = {k: v for k, v in values.items() if v is not None}
     secrets: dict[str, pulumi.Output] = {}
     plaintext: list[str] = []

@@ -1,5 +1,5 @@
-"""python -m federation {join,preview,preflight,remove,orphans,ranges,status,fingerprints,prepare,explain,report}: the whole federation from
-one terminal."""
+"""python -m federation {serve,join,preview,preflight,remove,orphans,ranges,status,fingerprints,prepare,explain,report}:
+the whole federation from one terminal."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from rich.console import Console
 from rich.live import Live
 
 from components.settings import COCKROACH_SQL_PORT, split_address
-from components.signature import SIGNATURES_DIR, WAIT_SECONDS
+from components.signature import WAIT_SECONDS
 
 from . import preflight, secrets, stack_config, timeline
 from .dashboard import preflight_table, progress_table, summary_table
 from .locks import StackLocked
+from .service import Invitations
 from .runner import (
-    ROOT, SETTLE_SECONDS, SIGNATURE_WAIT, PulumiStack, Run, StackNotInBackend, default_backend, join, run_concurrently,
-    stack_names,
+    PROJECT, ROOT, SETTLE_SECONDS, PulumiStack, RecordedSeed, Run, StackNotInBackend, default_backend, join,
+    run_concurrently, stack_names,
 )
 
 SEED = "seed"
@@ -52,6 +53,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             command.add_argument("--my-address", help="this machine's public IP, for preflight's admin range check")
             command.add_argument("--two-step", action="store_true",
                                  help="sign after the members' ups, then up them again (what an operator does by hand)")
+    serve = commands.add_parser("serve", parents=[keys],
+                                help="the seed's signing service and the scene's dashboard: signs invited members "
+                                     "as their requests appear in the backend (runs until stopped)")
+    serve.add_argument("--seed", default=SEED, help="the seed stack (default: %(default)s)")
+    serve.add_argument("--host", default="127.0.0.1", help="the dashboard's address (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="the dashboard's port, 0 for any (default: %(default)s)")
+    serve.add_argument("--no-dashboard", action="store_true", help="no terminal table: one line per event")
     check = commands.add_parser("preflight", help="check each cloud against what its stack needs; creates nothing",
                                 parents=[keys])
     check.add_argument("stacks", nargs="*", help="stacks (default: every stack)")
@@ -165,16 +173,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "the cloud's nodes first (README: Remove a cloud)")
     if args.command == "remove" and args.stack == SEED:
         return fail("the seed holds the established cluster and the federation's CAs; it is not removed from here")
-    if args.command in ("join", "preview", "remove", "ranges", "fingerprints", "orphans") or (
+    if args.command in ("serve", "join", "preview", "remove", "ranges", "fingerprints", "orphans") or (
             args.command == "status" and not (args.host and args.certs_dir)):
         missing = require_pulumi_cli()
         if missing is not None:
             return missing
-    if args.command in ("join", "preview", "remove", "orphans"):
+    if args.command in ("serve", "join", "preview", "remove", "orphans"):
         # The CLI's own words for a stack file that is no mapping do not name the file (v3.259: "getting stack
         # configuration: expected project to be an object"); ours do, before any engine starts. A join leaves
         # out a member whose file is broken, as one that fails preflight; it needs its seed's.
-        checked = [args.seed] if args.command == "join" else (chosen or known)
+        checked = [args.seed] if args.command in ("join", "serve") else (chosen or known)
         unreadable = list(stack_file_errors(checked).values())
         if unreadable:
             return fail("; ".join(unreadable))
@@ -207,13 +215,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run.skip(name, secrets.what_to_do([name], args.passphrases))
         members = [m for m in members if m in environments]
         needs_seed = needs_the_seed(members)
-        # The members' `up`s wait for the signatures the seed makes meanwhile (components/signature.py).
-        signatures = None if args.two_step or not needs_seed else run.log_dir.parent / "signatures"
-        waiting = {SIGNATURES_DIR: str(signatures), WAIT_SECONDS: str(SIGNATURE_WAIT)} if signatures else {}
+        # The members' `up`s wait for the signatures the seed's signing service makes meanwhile
+        # (components/signature.py, federation/service.py), as with operators apart; --two-step: they do not.
+        waiting = {WAIT_SECONDS: "0"} if args.two_step else {}
         stacks = [LazyStack(name, {**environments[name], **waiting}) for name in members]
         seed = LazyStack(args.seed, environments.get(args.seed, {}))
+        signing = None if args.two_step or not needs_seed else lambda: signing_service(
+            RecordedSeed(run, seed), Invitations(tuple(f"organization/{PROJECT}/{m}" for m in members)),
+            log_line(run.log_dir / f"{args.seed}.log"))
         return orchestrate(run, lambda: join(run, seed, stacks, args.parallel, needs_seed=needs_seed,
-                                             signatures=signatures), not args.no_dashboard, console)
+                                             signing=signing), not args.no_dashboard, console)
+    if args.command == "serve":
+        return serve_command(args, LazyStack(args.seed, environments[args.seed]), console)
     if args.command == "preview":
         names = args.stacks or known
         run = Run(names, "preview", run_dir(args.runs_dir, "preview"))
@@ -271,7 +284,7 @@ def stack_environments(args: argparse.Namespace, known: Sequence[str]) -> dict[s
         involved = args.stacks or list(known)
     elif command in ("remove", "orphans"):
         involved = [args.stack]
-    elif command == "status" and not (args.host and args.certs_dir):
+    elif command == "status" and not (args.host and args.certs_dir) or command == "serve":
         involved = [args.seed]
     else:
         return {}
@@ -285,6 +298,68 @@ def stack_environments(args: argparse.Namespace, known: Sequence[str]) -> dict[s
     if not args.one_passphrase:
         secrets.use_files_only()
     return environments
+
+
+def signing_service(seed, invitations: "Invitations", say: Callable[[str], None],
+                    cluster: Optional["ClusterView"] = None) -> "SigningService":
+    import os
+
+    from .backend_state import BackendReader
+    from .service import SigningService
+
+    return SigningService(seed, BackendReader(os.environ["PULUMI_BACKEND_URL"]), invitations, say,
+                          seed_stack=seed.name, cluster=cluster)
+
+
+def log_line(path: Path) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"[signing service] {line}\n")
+    return say
+
+
+def serve_command(args: argparse.Namespace, seed: "LazyStack", console: Console) -> int:
+    """The seed's signing service with the scene's dashboard (web page and terminal), until interrupted."""
+    import signal
+    import threading
+    import time
+
+    from .dashboard import scene_table
+    from .runner import seed_is_up
+    from .service import ClusterView, read_invitations
+    from .web import DashboardServer
+
+    try:
+        invitations = read_invitations(seed._get()._config(), seed.config_value(f"{PROJECT}:joinTokens"))
+    except (ValueError, StackNotInBackend) as error:
+        return fail(str(error))
+    if not invitations.stacks:
+        return fail(f"{PROJECT}:invited = []: expected the member stacks the seed signs, set ahead by its operator "
+                    f"(pulumi config set --path 'invited[0]' organization/{PROJECT}/<member> --stack {args.seed})")
+    if not seed_is_up(seed):
+        return fail(f"the seed stack '{args.seed}' is not up: bring it up first (scripts/up.sh {args.seed})")
+
+    def say(line: str) -> None:
+        console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False, highlight=False, soft_wrap=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cluster = ClusterView(lambda: seed.outputs(secrets=True)).start()  # the root client key: the seed's own
+    with signing_service(seed, invitations, say, cluster) as service, \
+            DashboardServer(service.snapshot, host=args.host, port=args.port) as web:
+        say(f"dashboard: {web.url} ; signing the invited stacks: {', '.join(invitations.stacks)}")
+        try:
+            if args.no_dashboard or not console.is_terminal:
+                stop.wait()
+            else:
+                with Live(scene_table(service.snapshot()), console=console, refresh_per_second=1) as live:
+                    while not stop.wait(1.0):
+                        live.update(scene_table(service.snapshot()))
+        except KeyboardInterrupt:
+            pass
+        say("stopping: the seed's up under way ends first")
+    cluster.stop()
+    return 0
 
 
 def fingerprints_command(seed: str, console: Console) -> int:
@@ -409,8 +484,14 @@ class LazyStack:
     def add_members(self, stacks):
         return self._get().add_members(stacks)
 
-    def set_early_requests(self, requests):
-        return self._get().set_early_requests(requests)
+    def set_signing(self, early, refusals):
+        return self._get().set_signing(early, refusals)
+
+    def members(self):
+        return self._get().members()
+
+    def config_value(self, key):
+        return self._get().config_value(key)
 
     def qualified_name(self):
         return self._get().qualified_name()

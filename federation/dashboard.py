@@ -1,13 +1,15 @@
-"""The live terminal dashboard: a row per cloud, and the summary sorted by elapsed time."""
+"""The live terminal dashboard: a row per cloud, and the summary sorted by elapsed time; the scene's table."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from rich.markup import escape
 from rich.table import Table
 
 from .preflight import Finding
 from .progress import CloudProgress, phases_of, summary_order
+from .web import elapsed, format_elapsed
 
 STATUS_STYLE = {"waiting": "dim", "running": "yellow", "succeeded": "green", "failed": "bold red",
                 "refused": "magenta"}
@@ -56,4 +58,24 @@ def preflight_table(findings: Sequence[Finding]) -> Table:
     for finding in findings:
         table.add_row(finding.stack, finding.check, f"[{FINDING_STYLE[finding.status]}]{finding.status}[/]",
                       finding.setting, finding.found, finding.todo)
+    return table
+
+
+SCENE_STYLE = {"not started": "dim", "building": "cyan", "waiting for signature": "yellow", "signed": "blue",
+               "joined": "green", "failed": "bold red", "refused": "magenta"}
+
+
+def scene_table(snapshot: dict) -> Table:
+    """The web page's table (federation.web's snapshot) for a terminal: the same columns, the detail folded."""
+    table = Table(title=escape(f"seed {snapshot['seed']}: {snapshot['service']}"))
+    for column in ("cloud", "state", "phase", "elapsed", "cluster", "detail"):
+        table.add_column(column, justify="right" if column == "elapsed" else "left",
+                         overflow="fold", no_wrap=column != "detail")
+    for row in snapshot["rows"]:
+        cluster = row.get("cluster")
+        view = (escape(f"{cluster['live']} live {cluster.get('locality') or '-'}") if cluster
+                else "[dim]SQL not answering[/]")
+        table.add_row(escape(row["stack"]), f"[{SCENE_STYLE.get(row['state'], 'default')}]{escape(row['state'])}[/]",
+                      escape(row.get("phase") or "-"), format_elapsed(elapsed(row, snapshot["now"])), view,
+                      escape(row.get("detail") or ""))
     return table

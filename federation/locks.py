@@ -153,6 +153,17 @@ exec {shlex.quote(real_cli)} "$@"
 """
 
 
+def record_this_process(records: Path = RECORDS, proc: Path = PROC) -> None:
+    """What the shim records for a CLI, for this process (the tool holding a lock of its own), so that a later run
+    on this machine can prove it gone when it was killed holding one."""
+    records.mkdir(parents=True, exist_ok=True)
+    place, pid = here(proc), os.getpid()
+    boot_time = next(line.split()[1] for line in (proc / "stat").read_text().splitlines() if line.startswith("btime"))
+    temporary = records / f"{pid}.tmp"
+    temporary.write_text(f"{place.boot_id} {place.pid_namespace} {start_ticks(pid, proc)} {boot_time}\n")
+    temporary.replace(records / str(pid))
+
+
 def cli_root(real_cli: str, records: Path = RECORDS, directory: Path = STATE_DIRECTORY) -> Path:
     """A directory whose bin/pulumi is the shim for this real CLI (automation PulumiCommand takes a root)."""
     text = render_cli_shim(real_cli, records)
@@ -313,6 +324,7 @@ def holding(backend_url: str, qualified_stack: str) -> Iterator[None]:
     store = lock_store(backend_url)
     prefix = lock_prefix(qualified_stack)
     ours = f"{prefix}{uuid.uuid4()}.json"
+    record_this_process()
     _refuse_if_held(store, prefix, ours)
     # The fields of lock.go newLockContent; Go's time.Time reads an RFC 3339 timestamp with an offset.
     store.put(ours, json.dumps({"pid": os.getpid(), "username": getpass.getuser(), "hostname": socket.gethostname(),
@@ -325,6 +337,8 @@ def holding(backend_url: str, qualified_stack: str) -> Iterator[None]:
 
 
 def _refuse_if_held(store: LockStore, prefix: str, ours: str) -> None:
+    """Refuses while another holds the stack; a lock left by a run provably gone (a CLI or a tool process of this
+    machine, killed while it held it) is released instead."""
     others = [key for key in store.list(prefix) if key != ours]
     if others:
         said = []
@@ -333,9 +347,14 @@ def _refuse_if_held(store: LockStore, prefix: str, ours: str) -> None:
                 content = json.loads(store.get(key))
                 holder = LockHolder(store.url(key), content.get("username"), content.get("hostname"),
                                     content.get("pid"), content.get("timestamp"))
-                said.append(f"{holder.url}: {holder.describe()}")
             except (OSError, ValueError):  # gone meanwhile, or not a lock the CLI wrote: still a holder
                 said.append(store.url(key))
+                continue
+            if provably_gone(holder):
+                store.delete(key)
+            else:
+                said.append(f"{holder.url}: {holder.describe()}")
+    if others and said:
         raise StackLocked("another run holds this stack: " + "; ".join(said) + ". Nothing was started; run again "
                           "once it ends (if you know its process is gone, `pulumi cancel` releases the lock)")
 

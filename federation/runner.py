@@ -120,7 +120,7 @@ class PulumiStack:
 
     def prepare(self, on_output: Callable[[str], None]) -> None:
         """The checks an `up` starts with, ahead of it: an interrupted or failed last run's leftovers are cleared
-        and servers in ERROR healed. The Signer has the seed's done while the members build, so that the seed's
+        and servers in ERROR healed. The signing service has the seed's done while the members build, so that the seed's
         first signing `up` starts the engine at once (the targeted refresh alone takes 10 s)."""
         if not self._checked:
             self._unlocked(lambda: self._check_before_up(on_output), on_output)
@@ -290,7 +290,8 @@ class PulumiStack:
         done = self._cli(["config", "--json", "--stack", self.name])
         return json.loads(done.stdout or "{}")
 
-    def _members(self) -> list[str]:
+    def members(self) -> list[str]:
+        """The seed's crdb-federation:members: the stacks it admitted for good."""
         listed = self._config().get(MEMBERS_KEY) or {}
         return listed.get("objectValue") or json.loads(listed.get("value") or "[]")
 
@@ -299,7 +300,7 @@ class PulumiStack:
         CLI, which honours stackConfigDir); returns the ones added. A read, then a write of the stack file: two
         joins on one seed take turns, or one's entries would be lost."""
         with locks.stack_file_lock(stack_config.stack_file(self.name, self.work_dir)):
-            current = self._members()
+            current = self.members()
             added = [stack for stack in dict.fromkeys(stacks) if stack not in current]
             self._write_members(added, start=len(current))
         return added
@@ -312,16 +313,30 @@ class PulumiStack:
             self._stack.set_all_config({f"{MEMBERS_KEY}[{index}]": auto.ConfigValue(stack)
                                         for index, stack in enumerate(stacks, start=start)}, path=True)
 
-    def set_early_requests(self, requests: dict[str, dict[str, str]]) -> None:
-        """The early requests the seed's next `up` signs (components/settings.py EARLY_REQUESTS_VARIABLE), or none:
-        in its engine's environment alone, so nothing of them outlives this process."""
-        from components.settings import EARLY_REQUESTS_VARIABLE
+    def set_signing(self, early: dict[str, dict[str, str]], refusals: dict[str, dict[str, str]]) -> None:
+        """What the seed's next `up` signs and refuses (components/settings.py EARLY_REQUESTS_VARIABLE and
+        REFUSALS_VARIABLE), or nothing: in its engine's environment alone, so nothing of them outlives this process."""
+        from components.settings import EARLY_REQUESTS_VARIABLE, REFUSALS_VARIABLE
+
+        import tempfile
 
         environment = self._stack.workspace.env_vars
-        if requests:
-            environment[EARLY_REQUESTS_VARIABLE] = json.dumps(requests, sort_keys=True)
-        else:
-            environment.pop(EARLY_REQUESTS_VARIABLE, None)
+        for variable, value in ((EARLY_REQUESTS_VARIABLE, early), (REFUSALS_VARIABLE, refusals)):
+            if not value:
+                environment.pop(variable, None)
+                continue
+            # In a file the variable names (@path): Linux refuses one environment string over 128 KiB
+            # (MAX_ARG_STRLEN), about 45 members' requests.
+            self._signing_files = getattr(self, "_signing_files", None) or tempfile.mkdtemp(prefix="crdb-signing-")
+            path = Path(self._signing_files) / f"{variable}.json"
+            path.write_text(json.dumps(value, sort_keys=True))
+            environment[variable] = f"@{path}"
+
+    def config_value(self, key: str) -> str:
+        """One config value (project:key), decrypted with the stack's own secrets provider; "" when unset."""
+        if key not in self._config():
+            return ""
+        return self._cli(["config", "get", key, "--stack", self.name]).stdout.strip()
 
     def qualified_name(self) -> str:
         """organization/project/stack, as the seed lists it (`pulumi stack --show-name -Q`)."""
@@ -506,13 +521,14 @@ def seed_is_up(seed: Stack) -> bool:
 
 
 def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, needs_seed: bool = True,
-         signatures: Optional[Path] = None) -> None:
+         signing: Optional[Callable[[], Any]] = None) -> None:
     """Joins members in the order trust needs, all at once at each step:
     1. the seed, if it is not up;
-    2. every member: it builds its cloud and makes its certificate requests. With `signatures` (a directory the
-       members' `up`s were told of, components/signature.py) the seed signs while they build: a Signer takes
-       each member's requests from its engine events and signs every member whose requests arrived in one seed
-       `up`, and the member's own `up` installs the certificates and joins;
+    2. every member: it builds its cloud and makes its certificate requests. With `signing` (a context manager
+       factory: the seed's signing service, federation/service.py, the same one `python -m federation serve`
+       runs) the seed signs while they build: the service reads each member's requests from its state in the
+       backend and signs every member whose requests arrived in one seed `up`, and the member's own `up`, waiting
+       in its SignatureWait, installs the certificates and joins;
     3. the seed admits the members still waiting (crdb-federation:members) and signs their requests (signed
        early: it lists the addresses they exported);
     4. those members again: they install their certificates and join (signed early: they take the join list
@@ -528,16 +544,16 @@ def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, n
     if not needs_seed:
         run_concurrently(run, members, parallelism)
         return
-    if signatures is None:
+    if signing is None:
         run_concurrently(run, members, parallelism)
     else:
-        with Signer(run, seed, members, signatures):
+        with signing():
             run_concurrently(run, members, parallelism)
     # Signed early, a member's nodes joined within its first `up`; the seed's signing `up`s could not list the
     # addresses it exports at the end of that `up`, so the seed and the member run once more for their join lists
     # (off the critical path: the nodes already run).
     waiting = [m for m in members if run.progress[m.name].status == "succeeded" and (
-        signatures is not None or not _signed(m))]
+        signing is not None or not _signed(m))]
     if not waiting:
         return
     seed.add_members([m.outputs()["stack"] for m in waiting])
@@ -552,151 +568,26 @@ def join(run: Run, seed: Stack, members: Sequence[Stack], parallelism: int, *, n
     run_concurrently(run, waiting, parallelism)
 
 
-CSR_TYPE = "tls:index/certRequest:CertRequest"
-# components/federation.py NodeIdentity's three requests, through components/pki.py certificate_request.
-REQUEST_SUFFIXES = {"-identity-node-csr": "node", "-identity-client-csr": "client", "-identity-ops-csr": "ops"}
-SIGNATURE_WAIT = 600  # seconds a member's `up` waits for its signature before its nodes wait for the next one
 SETTLE_SECONDS = 120  # how long a sweep waits for a dead run's server or volume to settle (recovery.settled)
 
 
-class Signer:
-    """The seed's signing while its members' `up`s run: takes each member's certificate requests from its engine
-    events the moment they exist, signs every member whose requests arrived in one seed `up` (a batch; the
-    members that arrive meanwhile are the next batch), and leaves each member's certificates where its `up`
-    waits for them (components/signature.py). The seed's program checks every request as on the two-step path.
+class RecordedSeed:
+    """The seed as the signing service runs it within a join: each signing `up` is a run of the join's dashboard,
+    timeline and log, as the members' are."""
 
-    Used as a context manager around the members' `up`s. The requests reach the seed's signing `up`s through their
-    engine's environment, which admits those stacks for that run alone: the seed's stack file is never written
-    here, so a tool killed mid-run leaves nothing in it (join() admits the members for good once they are up)."""
+    def __init__(self, run: Run, seed: Stack):
+        self._run, self._seed = run, seed
+        self.name = seed.name
 
-    # Members started together ask within a second of one another (0.6 s for three on the local cloud), yet a
-    # batch taken at the first arrival signed that one alone, and the rest waited a whole seed `up` (~17 s)
-    # more. After the first arrival, the batch waits this long for the members not yet arrived.
-    GATHER_SECONDS = 3.0
+    def run(self, operation: str, on_event: Callable[[Any], None], on_output: Callable[[str], None]) -> None:
+        if self.name not in self._run.progress:
+            self._run.add(self.name)
+        progress = self._run.execute(self._seed)
+        if progress.status != "succeeded":
+            raise RuntimeError(progress.error or f"the seed's {operation} failed")
 
-    def __init__(self, run: Run, seed: Stack, members: Sequence[Stack], directory: Path):
-        from components.signature import requests_digest
-
-        self.run, self.seed, self.directory, self._digest = run, seed, directory, requests_digest
-        self.members = {m.name: m for m in members}
-        self.requests: dict[str, dict[str, str]] = {}  # member name -> node/client/ops PEM, as they arrive
-        self.taken: set[str] = set()  # members a batch signed, or refused
-        self.stacks: dict[str, str] = {}  # member name -> its qualified stack name, once a batch took it
-        self.names: dict[str, tuple[str, str]] = {}  # member name -> (qualified stack, member name), learnt ahead
-        self.early: dict[str, dict[str, str]] = {}  # qualified stack -> what the seed's signing `up` is given
-        self.condition = threading.Condition()
-        self.closing = False
-        self.thread = threading.Thread(target=self._serve, name="signer", daemon=True)
-
-    def __enter__(self) -> "Signer":
-        self.run.listeners.append(self.on_event)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        with self.condition:
-            self.closing = True
-            self.condition.notify()
-        self.thread.join()
-        self.run.listeners.remove(self.on_event)
-        self.seed.set_early_requests({})
-
-    def on_event(self, name: str, event: Any) -> None:
-        outputs = event.res_outputs_event
-        if name not in self.members or outputs is None or outputs.metadata.type != CSR_TYPE:
-            return
-        kind = next((k for suffix, k in REQUEST_SUFFIXES.items() if outputs.metadata.urn.endswith(suffix)), None)
-        pem = ((getattr(outputs.metadata.new, "outputs", None) or {}).get("certRequestPem") or "")
-        if kind and pem.startswith("-----BEGIN CERTIFICATE REQUEST-----"):
-            with self.condition:
-                self.requests.setdefault(name, {})[kind] = pem
-                self.condition.notify()
-
-    def _arrived(self) -> list[str]:
-        """Members with every request that no batch has taken yet (the members' `up`s run this checkout's program,
-        which makes all three at once: a batch taken before the last would answer other requests than they wait for)."""
-        return [n for n, r in self.requests.items() if set(r) >= set(REQUEST_SUFFIXES.values()) and n not in self.taken]
-
-    def _serve(self) -> None:
-        self._prepare_seed()
-        self._learn_names()
-        while True:
-            with self.condition:
-                while not self._arrived() and not self.closing:
-                    self.condition.wait()
-                gathered_by = time.monotonic() + self.GATHER_SECONDS
-                while (not self.closing and len(self._arrived()) < len(set(self.members) - self.taken)
-                       and time.monotonic() < gathered_by):
-                    self.condition.wait(gathered_by - time.monotonic())
-                batch = self._arrived()
-                if not batch:
-                    return
-            self._sign(batch)
-
-    def _prepare_seed(self) -> None:
-        """The seed's checks before an `up`, while the members' first requests are on their way (a failure here
-        is left to the signing `up`, which checks again and says so in the dashboard)."""
-        with open(self.run.log_dir / f"{self.seed.name}.log", "a", encoding="utf-8") as log:
-            try:
-                self.seed.prepare(lambda line: log.write(line.rstrip("\n") + "\n"))
-            except Exception as error:
-                log.write(f"the checks before the seed's signing up failed; its up repeats them: {error}\n")
-
-    def _learn_names(self) -> None:
-        """Each member's qualified stack and member name (a CLI call each), before the first batch needs them."""
-        for name in self.members:
-            try:
-                self._names_of(name)
-            except Exception:  # asked again by the batch, which refuses it if it fails again
-                pass
-
-    def _names_of(self, name: str) -> tuple[str, str]:
-        if name not in self.names:
-            member = self.members[name]
-            self.names[name] = (member.qualified_name(), member.member_name())
-        return self.names[name]
-
-    def _sign(self, batch: list[str]) -> None:
-        from components.signature import write_signature
-
-        self.taken.update(batch)
-        digests = {n: self._digest(self.requests[n]["node"], self.requests[n]["client"], self.requests[n]["ops"])
-                   for n in batch}
-        stacks = self.stacks
-        for name in list(batch):
-            try:
-                stacks[name], member_name = self._names_of(name)
-            except Exception as error:  # this member alone is refused: its wait ends, the two-step path remains
-                batch.remove(name)
-                self._refuse_unnamed(name, digests[name], error)
-                continue
-            self.early[stacks[name]] = {"member": member_name, **self.requests[name]}
-        if not batch:
-            return
-        self.seed.set_early_requests(self.early)
-        if self.seed.name not in self.run.progress:
-            self.run.add(self.seed.name)
-        self.run.execute(self.seed)
-        signed: dict[str, Any] = {}
-        if self.run.progress[self.seed.name].status == "succeeded":
-            try:
-                signed = self.seed.outputs().get("signedCertificates") or {}
-            except Exception:
-                signed = {}
-        for name in batch:
-            certificates = signed.get(stacks[name]) or {}
-            write_signature(self.directory, stacks[name], digests[name], node=certificates.get("node") or "",
-                            client=certificates.get("client") or "", ops=certificates.get("ops") or "",
-                            refused="" if certificates.get("node") else
-                            f"the seed's up did not sign it (see {self.run.log_dir / (self.seed.name + '.log')})")
-
-    def _refuse_unnamed(self, name: str, digest: str, error: Exception) -> None:
-        """Ends the wait of a member whose names could not be read (its stack file or the CLI failed for it), at
-        the name a diy backend gives it (organization/<project>/<stack>), as its program computes it too."""
-        from components.signature import write_signature
-
-        write_signature(self.directory, f"organization/{PROJECT}/{name}", digest,
-                        refused=f"the tool could not read this stack's names: {error}")
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._seed, name)
 
 
 def _signed(stack: Stack) -> bool:

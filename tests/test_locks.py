@@ -7,7 +7,9 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,6 +118,30 @@ def test_the_tool_holds_the_stack_as_the_cli_does_and_refuses_when_another_run_d
     with pytest.raises(NotImplementedError, match="file:// or s3:// backend only, not gs://state"):
         with locks.holding("gs://state", "organization/crdb-federation/otc"):
             pass
+
+
+def test_a_lock_a_killed_tool_process_held_is_released_by_the_next_hold_and_a_live_ones_is_not(tmp_path):
+    """The seed's signing service killed while it held the seed's lock (its recovery sweep): started again, it
+    proves that process gone as it proves a CLI's (the same record) and takes the stack."""
+    backend, stack = f"file://{tmp_path}", "organization/crdb-federation/seed"
+    directory = locks.lock_directory(backend, stack)
+    directory.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "from federation import locks; locks.record_this_process(); "
+                               "import time; time.sleep(60)"], cwd=locks.Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 10
+    while not (locks.RECORDS / str(holder.pid)).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (directory / "left.json").write_text(json.dumps({"pid": holder.pid, "username": "op", "hostname":
+                                                     socket.gethostname(), "timestamp": "2099-01-01T00:00:00Z"}))
+    with pytest.raises(locks.StackLocked, match=f"\\(pid {holder.pid}\\)"):
+        with locks.holding(backend, stack):
+            pass
+    holder.kill()
+    holder.wait()
+    with locks.holding(backend, stack):
+        assert len(list(directory.iterdir())) == 1  # ours alone
+    assert list(directory.iterdir()) == []
 
 
 def test_only_the_proven_holders_own_lock_object_is_released(tmp_path):

@@ -126,7 +126,8 @@ def test_a_member_that_sends_no_third_request_still_gets_its_node_and_client_cer
     signed = outputs_of(run_program({**SEED, "members": [MEMBER_STACK, older_stack]}, stack="seed",
                                     secrets=SEED_SECRETS, stack_outputs={MEMBER_STACK: current, older_stack: older})
                         )["signedCertificates"]
-    assert set(signed[older_stack]) == {"node", "client"} and set(signed[MEMBER_STACK]) == {"node", "client", "ops"}
+    assert set(signed[older_stack]) == {"node", "client", "requests"}
+    assert set(signed[MEMBER_STACK]) == {"node", "client", "ops", "requests"}
     for kind in ("node", "client"):
         request = x509.load_pem_x509_csr(two[kind].encode())
         assert x509.load_pem_x509_certificate(signed[older_stack][kind].encode()).public_key() == request.public_key()
@@ -136,7 +137,8 @@ def test_a_member_that_sends_no_third_request_still_gets_its_node_and_client_cer
     signed = outputs_of(run_program(SEED, stack="seed", secrets=SEED_SECRETS,
                                     stack_outputs={older_stack: {}, MEMBER_STACK: {}},
                                     environment={EARLY_REQUESTS_VARIABLE: json.dumps(early)}))["signedCertificates"]
-    assert set(signed[older_stack]) == {"node", "client"} and set(signed[MEMBER_STACK]) == {"node", "client", "ops"}
+    assert set(signed[older_stack]) == {"node", "client", "requests"}
+    assert set(signed[MEMBER_STACK]) == {"node", "client", "ops", "requests"}
 
 
 def test_a_member_whose_seed_has_not_signed_the_third_still_builds_and_its_removal_says_what_to_run(signing_seed):

@@ -1,62 +1,98 @@
-"""A member signed within its own `up` (components/signature.py, federation/runner.py Signer): the seed signs
-requests it was given before the member exported them, the member's wait reads what the tool left, and the
-trust checks are those of the two-step path."""
+"""A member signed within its own `up` (components/signature.py): the seed's signing service has the seed sign
+requests it was given before the member exported them, the member's wait reads the seed's outputs, and the trust
+checks are those of the two-step path. The service's decisions are tests/test_service.py's."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from pulumi.automation.events import EngineEvent
 
+from components.settings import EARLY_REQUESTS_VARIABLE, REFUSALS_VARIABLE
 from components.signature import (
-    _SignatureWaitProvider, requests_digest, signature_file, wait_for_signature, write_signature,
+    WAIT_SECONDS, SignatureRefused, _SignatureWaitProvider, answer, join_proof, requests_digest, wait_for_signature,
 )
-from components.settings import EARLY_REQUESTS_VARIABLE
-from federation.runner import CSR_TYPE, PulumiStack, Run, Signer, join
-from tests.fake_stacks import FakeStack
+from federation.runner import PulumiStack
 from tests.fakes import FakeCloud
 from tests.harness import MEMBER, MEMBER_STACK, SEED, SEED_SECRETS, outputs_of, pinned_to, run_program
 
+SIGNED = {"signedCertificates": {MEMBER_STACK: {"node": "N", "client": "C", "ops": "O", "requests": "d"}}}
 
-def test_the_wait_takes_only_an_answer_to_these_requests_and_gives_up_at_its_deadline(tmp_path):
-    path = signature_file(tmp_path, MEMBER_STACK)
-    assert path.name == "organization+crdb-federation+vexxhost.json"
-    write_signature(tmp_path, MEMBER_STACK, "old-digest", node="old", client="old")
+
+def test_only_a_signature_of_these_very_requests_answers_and_a_refusal_of_them_ends_the_wait():
+    assert answer(SIGNED, MEMBER_STACK, "d") == {"node": "N", "client": "C", "ops": "O"}
+    assert answer(SIGNED, MEMBER_STACK, "newer requests") is None
+    assert answer(SIGNED, "organization/crdb-federation/other", "d") is None
+    refused = {**SIGNED, "refusals": {MEMBER_STACK: {"requests": "e", "reason": "not invited"}}}
+    assert answer(refused, MEMBER_STACK, "d") is not None  # a refusal of other requests changes nothing
+    with pytest.raises(SignatureRefused, match="refused to sign organization/crdb-federation/vexxhost's "
+                                               "certificate requests: not invited"):
+        answer(refused, MEMBER_STACK, "e")
+
+
+def test_the_wait_polls_the_seeds_outputs_until_they_answer_and_names_what_it_waited_for_at_its_deadline():
+    reads = iter([{}, RuntimeError("connection refused"), SIGNED])
+
+    def read():
+        found = next(reads)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    assert wait_for_signature(read, MEMBER_STACK, "d", timeout=60, sleep=lambda s: None)["node"] == "N"
     clock = iter(range(100))
-    found = wait_for_signature(path, "digest", timeout=3, clock=lambda: next(clock), sleep=lambda s: None)
-    assert found == {"node": "", "client": "", "ops": "", "refused": "no signature within 3s"}
-    write_signature(tmp_path, MEMBER_STACK, "digest", node="N", client="C", ops="O")
-    assert wait_for_signature(path, "digest", timeout=3) == {"node": "N", "client": "C", "ops": "O", "refused": ""}
-    write_signature(tmp_path, MEMBER_STACK, "digest", refused="the seed's up did not sign it")
-    assert wait_for_signature(path, "digest", timeout=3)["refused"] == "the seed's up did not sign it"
-    assert not list(tmp_path.glob("*.partial"))
+    failing = wait_for_signature(lambda: (_ for _ in ()).throw(RuntimeError("no such stack")), MEMBER_STACK,
+                                 "d" * 64, timeout=3, clock=lambda: next(clock), sleep=lambda s: None)
+    assert failing["node"] == "" and failing["unsigned"].startswith(
+        f"no signature of {MEMBER_STACK}'s certificate requests (SHA-256 {'d' * 16}...) appeared in the seed's "
+        "outputs within 3 s (the last read of the seed's outputs failed: no such stack)")
+    assert "python -m federation serve" in failing["unsigned"]
+
+
+def test_the_wait_is_skipped_when_not_wanted_or_set_to_zero(monkeypatch):
+    def never(_seed):
+        raise AssertionError("read the seed although nothing is waited for")
+
+    monkeypatch.setattr("components.signature.seed_outputs", never)
+    props = {"stack": MEMBER_STACK, "seed": "organization/crdb-federation/seed", "requests": "d" * 64,
+             "timeout": 600}
+    assert _SignatureWaitProvider().create({**props, "wanted": False}).outs["unsigned"] == ""
+    monkeypatch.setenv(WAIT_SECONDS, "0")  # `join --two-step`
+    made = _SignatureWaitProvider().create({**props, "wanted": True})
+    assert made.outs["node"] == "" and made.outs["unsigned"].startswith("not waited for (signatureWait 0)")
+
+
+def test_a_refusal_fails_the_wait_with_the_seeds_reason(monkeypatch):
+    refused = {"refusals": {MEMBER_STACK: {"requests": "d" * 64, "reason": "its join proof does not match"}}}
+    monkeypatch.setattr("components.signature.seed_outputs", lambda seed: refused)
+    with pytest.raises(SignatureRefused, match="its join proof does not match"):
+        _SignatureWaitProvider().create({"stack": MEMBER_STACK, "seed": "s", "requests": "d" * 64, "wanted": True,
+                                         "timeout": 5})
+
+
+def test_a_join_proof_answers_one_stack_and_one_set_of_requests():
+    proof = join_proof("token", MEMBER_STACK, "d")
+    assert len(proof) == 64 and "token" not in proof
+    assert proof != join_proof("token", MEMBER_STACK, "e") != join_proof("token", "organization/x/y", "d")
+    assert proof != join_proof("other token", MEMBER_STACK, "d")
 
 
 def test_an_unsigned_wait_waits_again_and_a_signed_one_never_does():
     diff = _SignatureWaitProvider().diff
     signed = {"stack": "s", "requests": "d", "wanted": True, "node": "N"}
     assert not diff("id", signed, {"stack": "s", "requests": "d", "wanted": True}).changes
-    # The second `up` after a join through the tool: the seed's output now answers the same requests.
+    # The second `up` after a join: the seed's output now answers the same requests.
     assert not diff("id", signed, {"stack": "s", "requests": "d", "wanted": False}).changes
+    # Nor do a new timeout, seed or proof change a wait that ended signed.
+    assert not diff("id", signed, {"stack": "s", "requests": "d", "wanted": False, "timeout": 5, "proof": "p"}).changes
     assert diff("id", signed, {"stack": "s", "requests": "d2", "wanted": True}).replaces == ["requests"]
     unsigned = {"stack": "s", "requests": "d", "wanted": True, "node": ""}
     assert diff("id", unsigned, {"stack": "s", "requests": "d", "wanted": True}).replaces == ["requests"]
     # Signed meanwhile through the seed's output: nothing to wait for, recorded by an update.
     answered = diff("id", unsigned, {"stack": "s", "requests": "d", "wanted": False})
     assert answered.changes and not answered.replaces
-
-
-def test_outside_the_tool_the_wait_gives_nothing_at_once(monkeypatch):
-    monkeypatch.delenv("CRDB_SIGNATURES_DIR", raising=False)
-    started = time.monotonic()
-    made = _SignatureWaitProvider().create({"stack": MEMBER_STACK, "requests": "d" * 64, "wanted": True})
-    assert made.outs["node"] == "" and "not joined through the federation tool" in made.outs["refused"]
-    assert time.monotonic() - started < 1
 
 
 @pytest.fixture(scope="module")
@@ -118,124 +154,7 @@ def test_a_member_installs_what_its_wait_found_after_checking_it(early_signing_s
     assert outputs_of(member_up("", ""))["certificatesSigned"] is False
 
 
-def _csr_made(stack: str, kind: str, pem: str) -> EngineEvent:
-    urn = f"urn:pulumi:{stack}::crdb-federation::{CSR_TYPE}::{stack}-identity-{kind}-csr"
-    state = {"type": CSR_TYPE, "urn": urn, "id": "x", "parent": "", "provider": "", "inputs": {},
-             "outputs": {"certRequestPem": pem}}
-    return EngineEvent.from_json({"sequence": 1, "timestamp": 0, "resOutputsEvent": {"metadata": {
-        "op": "create", "urn": urn, "type": CSR_TYPE, "provider": "", "new": state}}})
-
-
-class EarlyMember(FakeStack):
-    """A member's `up` under the tool: its requests appear after `delay`, then it waits for its signature."""
-
-    def __init__(self, name, delay, directory):
-        super().__init__(name, outputs={})
-        self.delay, self.directory = delay, directory
-        self.requests = {k: f"-----BEGIN CERTIFICATE REQUEST-----\n{name}-{k}\n" for k in ("node", "client", "ops")}
-
-    def run(self, operation, on_event, on_output):
-        self.calls.append(operation)
-        time.sleep(self.delay)
-        for kind, pem in self.requests.items():
-            on_event(_csr_made(self.name, kind, pem))
-        found = wait_for_signature(signature_file(self.directory, self.qualified_name()),
-                                   requests_digest(*self.requests.values()), timeout=5,
-                                   interval=0.01)
-        self._outputs = {"stack": self.qualified_name(), "certificatesSigned": bool(found["node"]),
-                         "certificateRequests": self.requests, "found": found}
-
-    def qualified_name(self):
-        return f"organization/crdb-federation/{self.name}"
-
-    def member_name(self):
-        return self.name
-
-
-class BatchingSeed(FakeStack):
-    """Signs what its early requests hold, slowly enough for members to arrive during one of its `up`s."""
-
-    def __init__(self):
-        super().__init__("seed", duration=0.3, outputs={"joinAddresses": ["198.18.0.1:26257"], "caCertificate": "ca"})
-        self.batches, self.early, self.members = [], {}, []
-
-    def add_members(self, stacks):
-        added = [s for s in stacks if s not in self.members]
-        self.members += added
-        return added
-
-    def set_early_requests(self, requests):
-        self.early = dict(requests)
-
-    def run(self, operation, on_event, on_output):
-        self.batches.append(sorted(self.early))
-        super().run(operation, on_event, on_output)
-        self._outputs = {**self._outputs, "signedCertificates": {
-            stack: {kind: f"signed {r[kind]}" for kind in ("node", "client", "ops")}
-            for stack, r in self.early.items()}}
-
-
-def test_the_tool_signs_members_in_batches_while_their_ups_run_and_each_joins_in_its_first_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(Signer, "GATHER_SECONDS", 0.0)  # every arrival after the first waits for the next batch
-    seed = BatchingSeed()
-    members = [EarlyMember("a", 0.0, tmp_path), EarlyMember("b", 0.1, tmp_path), EarlyMember("c", 0.12, tmp_path)]
-    run = Run([m.name for m in members], "up", tmp_path / "logs")
-    join(run, seed, members, parallelism=4, signatures=tmp_path)
-    # a alone; b and c arrived while the seed signed a: one `up` for both. Then, off the critical path, one
-    # seed `up` (no early requests left) and each member's second for the join lists of every member.
-    prefix = "organization/crdb-federation/"
-    assert seed.batches == [[prefix + "a"], [prefix + "a", prefix + "b", prefix + "c"], []]
-    # Its checks before an `up` ran while the members built, not in the first signing `up`.
-    assert seed.calls == ["prepare", "up", "up", "up"]
-    assert [m.calls for m in members] == [["up", "up"]] * 3
-    assert all(m._outputs["found"]["node"] == f"signed {m.requests['node']}" for m in members)
-    assert seed.members == [prefix + n for n in "abc"] and seed.early == {}  # tidied: the members export them
-    assert all(run.progress[m.name].status == "succeeded" for m in members)
-
-
-def test_members_that_ask_within_the_gathering_window_share_one_signing_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(Signer, "GATHER_SECONDS", 1.0)
-    seed = BatchingSeed()
-    members = [EarlyMember("a", 0.0, tmp_path), EarlyMember("b", 0.3, tmp_path), EarlyMember("c", 1.6, tmp_path)]
-    run = Run([m.name for m in members], "up", tmp_path / "logs")
-    started = time.monotonic()
-    join(run, seed, members, parallelism=4, signatures=tmp_path)
-    prefix = "organization/crdb-federation/"
-    # b asked 0.3 s after a: one `up` for both. c, 1.6 s after a, missed the window: the next batch.
-    assert seed.batches[:2] == [[prefix + "a", prefix + "b"], [prefix + "a", prefix + "b", prefix + "c"]]
-    assert all(m._outputs["found"]["node"] == f"signed {m.requests['node']}" for m in members)
-    assert time.monotonic() - started < 5
-
-
-def test_once_every_member_has_asked_the_batch_waits_no_longer(tmp_path, monkeypatch):
-    monkeypatch.setattr(Signer, "GATHER_SECONDS", 30.0)
-    seed = BatchingSeed()
-    members = [EarlyMember("a", 0.0, tmp_path), EarlyMember("b", 0.2, tmp_path)]
-    run = Run([m.name for m in members], "up", tmp_path / "logs")
-    started = time.monotonic()
-    join(run, seed, members, parallelism=2, signatures=tmp_path)
-    assert seed.batches[0] == ["organization/crdb-federation/a", "organization/crdb-federation/b"]
-    assert time.monotonic() - started < 5, "the batch waited out its window with nobody left to come"
-
-
-def test_a_batch_the_seed_fails_to_sign_ends_the_waits_and_drops_members_that_never_exported(tmp_path):
-    seed = BatchingSeed()
-    seed.fail_after = 1
-    class FailingMember(EarlyMember):
-        def run(self, operation, on_event, on_output):
-            super().run(operation, on_event, on_output)
-            self.found, self._outputs = self._outputs["found"], {}  # a failed first up exports nothing
-            raise RuntimeError("a's up failed")
-
-    member = FailingMember("a", 0.0, tmp_path)
-    run = Run(["a"], "up", tmp_path / "logs")
-    join(run, seed, [member], parallelism=1, signatures=tmp_path)
-    assert member.found["refused"].startswith("the seed's up did not sign it")
-    assert run.progress["a"].status == "failed"
-    assert seed.members == [] and seed.early == {}
-
-
-def test_early_requests_reach_the_seeds_engine_through_its_environment_alone():
+def test_early_requests_and_refusals_reach_the_seeds_engine_through_its_environment_alone():
     """A tool killed mid-join (SIGKILL, a CI timeout) left them in the tracked stack file, where they beat the
     members' own requests in every later seed `up`: they are no config at all now."""
     cli_calls = []
@@ -244,20 +163,33 @@ def test_early_requests_reach_the_seeds_engine_through_its_environment_alone():
                                  set_all_config=lambda *a, **k: cli_calls.append(("set-all", a)))
     seed = PulumiStack("seed", automation_stack=automation)
     early = {MEMBER_STACK: {"member": "vexxhost", "node": "n", "client": "c"}}
-    seed.set_early_requests(early)
-    assert json.loads(workspace.env_vars[EARLY_REQUESTS_VARIABLE]) == early and cli_calls == []
-    seed.set_early_requests({})
+    refusals = {"organization/crdb-federation/zte": {"requests": "d", "reason": "not invited"}}
+    seed.set_signing(early, refusals)
+    # In files the variables name: one environment string may not exceed 128 KiB, about 45 members' requests.
+    named = {v: Path(workspace.env_vars[v][1:]) for v in (EARLY_REQUESTS_VARIABLE, REFUSALS_VARIABLE)}
+    assert json.loads(named[EARLY_REQUESTS_VARIABLE].read_text()) == early and cli_calls == []
+    assert json.loads(named[REFUSALS_VARIABLE].read_text()) == refusals
+    seed.set_signing({}, {})
     assert workspace.env_vars == {} and cli_calls == []
 
 
-def test_the_signer_writes_nothing_into_the_seeds_stack_file(tmp_path):
-    seed = BatchingSeed()
-    members = [EarlyMember("a", 0.0, tmp_path)]
-    with Signer(Run(["a"], "up", tmp_path / "logs"), seed, members, tmp_path) as signer:
-        for member in members:
-            member.run("up", lambda event: signer.on_event(member.name, event), lambda line: None)
-    assert seed.members == [] and seed.early == {}
-    assert members[0]._outputs["found"]["node"] == f"signed {members[0].requests['node']}"
+def test_the_seed_publishes_the_digest_each_signature_answers_and_the_services_refusals(early_signing_seed,
+                                                                                         waiting_member):
+    requests = outputs_of(waiting_member)["certificateRequests"]
+    signed = outputs_of(early_signing_seed)["signedCertificates"][MEMBER_STACK]
+    assert signed["requests"] == requests_digest(requests["node"], requests["client"], requests["ops"])
+    refusals = {"organization/crdb-federation/zte": {"requests": "d" * 64, "reason": "zte is not invited"}}
+    seed = run_program(SEED, stack="seed", secrets=SEED_SECRETS, environment={REFUSALS_VARIABLE: json.dumps(refusals)})
+    assert outputs_of(seed)["refusals"] == refusals
+
+
+def test_the_seed_reads_what_it_signs_from_the_file_the_variable_names(waiting_member, tmp_path):
+    requests = outputs_of(waiting_member)["certificateRequests"]
+    given = tmp_path / "early.json"
+    given.write_text(json.dumps({MEMBER_STACK: {"member": "vexxhost", **requests}}))
+    seed = run_program(SEED, stack="seed", secrets=SEED_SECRETS, stack_outputs={MEMBER_STACK: {}},
+                       environment={EARLY_REQUESTS_VARIABLE: f"@{given}"})
+    assert set(outputs_of(seed)["signedCertificates"]) == {MEMBER_STACK}
 
 
 def test_early_requests_an_earlier_tool_left_in_the_seeds_stack_file_are_refused_by_name():

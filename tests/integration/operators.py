@@ -112,11 +112,12 @@ class OperatorMachine:
         """The one command an operator runs (README): scripts/up.sh <stack> with pulumi up's flags."""
         return ["bash", "scripts/up.sh", self.stack, "--yes", "--skip-preview", *extra]
 
-    def start(self, argv: list[str], log: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
+    def start(self, argv: list[str], log: Path, env: Optional[dict[str, str]] = None,
+              new_session: bool = False) -> subprocess.Popen:
         handle = open(log, "w")
         try:
             return subprocess.Popen(argv, cwd=self.directory, env={**self.env, **(env or {})}, stdout=handle,
-                                    stderr=subprocess.STDOUT, text=True)
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
         finally:
             handle.close()
 

@@ -1,13 +1,15 @@
-"""The federation with its operators apart, on the shared S3 backend (issue 29): the seed's operator and three
+"""The scene with its operators apart, on the shared S3 backend (issues 29 and 30): the seed's operator and
 members' operators, each on a machine of its own (tests/integration/operators.py), each with one OpenStack project,
 one object store user under the README's policy and one passphrase, and nothing of the others'.
 
-The path is the one the README gives operators who join by hand: each member's `scripts/up.sh` builds its cloud
-and publishes its certificate requests (its nodes wait); the seed's operator admits them and runs the seed's
-`up`, which reads their requests through StackReferences and signs them; each member's next `up` reads the
-signatures through its StackReference to the seed and installs them. Every read crosses the shared bucket with the
-reader's own key pair; every write is the writer's own stack. Then: what the bucket shows a member, each stack's
-second run, and each operator's refresh and destroy.
+The path is the README's first screen: the seed's operator runs `python -m federation serve` (the signing service
+and the scene's dashboard), having invited three member stacks (one of them with a join token); each member's
+operator runs `scripts/up.sh <member> --yes`, all at once, and each `up` ends with its CockroachDB pods Ready,
+signed within it: the service read its requests from its running state and had the seed sign them in a batch.
+Meanwhile the store stops for 30 s, the service is killed mid-batch and started again, and a fourth operator who
+was not invited is refused and told why. Every read crosses the shared bucket with the reader's own key pair; every
+write is the writer's own stack. Then: what the bucket shows a member, each stack's second run, a forged request,
+and each operator's refresh and destroy.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -36,7 +39,10 @@ from tests.integration.state_scan import scan_document
 PROJECT = "crdb-federation"
 SEED = "seed"
 MEMBERS = ("canonical", "vexxhost", "zte")
-STACKS = (SEED, *MEMBERS)
+UNINVITED = "otc"  # builds its cloud like the others; the seed's operator never invited it
+ROGUE = "rogue"  # invited, but what its state asks for is forged (no cloud: its operator writes its state by hand)
+STACKS = (SEED, *MEMBERS, UNINVITED, ROGUE)
+TOKEN_HOLDER = "zte"  # its operator was given a join token out of band
 # One node per member: three clouds' worth of joins within the tier's time; the seed keeps its three.
 MEMBER_NODES = 1
 LICENCE = "crl-0-integration-tier"
@@ -126,17 +132,89 @@ def _require(done: dict[str, tuple[int, str, float]], round_name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def federation(operators, store):
-    """The seed up; three members' first `up`s at once, through a 30 s store outage; the seed admits and signs them;
-    their second `up`s."""
+def federation(operators, store, tmp_path_factory):
+    """The seed up and its signing service started; three invited members' and one uninvited member's first `up`s
+    at once, through a 30 s store outage and the service killed mid-batch and started again; each member's second
+    `up`, once the service admitted them for good."""
+    service = Service(operators[SEED], tmp_path_factory.mktemp("service"))
     try:
-        yield _bring_up(operators, store)
+        yield _bring_up(operators, store, service)
     finally:  # whatever a failed round or test left behind
-        for stack in (*MEMBERS, SEED):
+        service.stop()
+        print("the signing service said:\n" + service.said()[-6000:])
+        for stack in (*MEMBERS, UNINVITED, SEED):
             operators[stack].pulumi("destroy", "--yes", "--skip-preview", check=False, timeout=900, env=FORCED)
 
 
-def _bring_up(operators: dict[str, OperatorMachine], store: ObjectStore) -> dict:
+class Service:
+    """`python -m federation serve` on the seed operator's machine, in a process group of its own (killing it kills
+    the seed's engine it runs, as a machine that dies does)."""
+
+    def __init__(self, machine: OperatorMachine, directory: Path):
+        self.machine, self.directory, self.starts = machine, directory, 0
+        self.process: Optional[subprocess.Popen] = None
+        # One port for every start: the page's EventSource reconnects to the restarted service by itself.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> "Service":
+        self.starts += 1
+        self.log = self.directory / f"serve-{self.starts}.log"
+        self.process = self.machine.start([str(self.machine.directory / "venv" / "bin" / "python"), "-m",
+                                           "federation", "serve", "--no-dashboard", "--port", str(self.port)],
+                                          self.log, new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self.url in self.log.read_text():
+                return self
+            time.sleep(0.3)
+        raise AssertionError(f"serve did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: the service and the seed `up` it was running."""
+        import os
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def said(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.directory.glob("serve-*.log")))
+
+    def wait_for(self, words: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while words not in self.log.read_text():
+            assert time.monotonic() < deadline and self.process.poll() is None, (
+                f"the service never said {words!r}:\n{self.said()[-4000:]}")
+            time.sleep(0.2)
+
+
+def _kill_mid_batch(service: Service) -> threading.Thread:
+    """Kills the service once its first seed `up` has its engine running, then starts it again."""
+    def kill_then_restart() -> None:
+        service.wait_for("signing ")
+        time.sleep(4)  # the seed's engine is under way
+        service.kill()
+        service.killed_at = time.monotonic()
+        time.sleep(3)
+        service.start()
+
+    thread = threading.Thread(target=kill_then_restart, daemon=True)
+    thread.start()
+    return thread
+
+
+def _bring_up(operators: dict[str, OperatorMachine], store: ObjectStore, service: Service) -> dict:
     seed = operators[SEED]
     for machine in operators.values():
         machine.pulumi("stack", "init", "--secrets-provider", "passphrase")
@@ -144,28 +222,104 @@ def _bring_up(operators: dict[str, OperatorMachine], store: ObjectStore) -> dict
     seed.pulumi("config", "set", "--secret", "crdb-federation:enterpriseLicense", LICENCE)
     rounds = {"seed": _up_at_once([seed], "seed-up")}
     _require(rounds["seed"], "seed")
-    # The seed's operator hands every member's operator the CA fingerprints, out of band.
+    # The seed's operator hands every member's operator the CA fingerprints, out of band, and one of them a token.
     prints = seed.tool("fingerprints")
     assert prints.returncode == 0, prints.stdout + prints.stderr
     pins = dict(line.split(": ", 1) for line in prints.stdout.splitlines() if line.startswith("crdb-federation:"))
-    members = [operators[m] for m in MEMBERS]
+    token = secrets.token_urlsafe(24)
+    for index, member in enumerate((*MEMBERS, ROGUE)):
+        seed.pulumi("config", "set", "--path", f"crdb-federation:invited[{index}]", qualified(member))
+    seed.pulumi("config", "set", "--secret", "crdb-federation:joinTokens", json.dumps({qualified(TOKEN_HOLDER): token}))
+    operators[TOKEN_HOLDER].pulumi("config", "set", "--secret", "crdb-federation:joinToken", token)
+    members = [operators[m] for m in (*MEMBERS, UNINVITED)]
     for machine in members:
         machine.pulumi("config", "set", "crdb-federation:nodeCount", str(MEMBER_NODES))
         for key, values in pins.items():
             for index, fingerprint in enumerate(json.loads(values)):
                 machine.pulumi("config", "set", "--path", f"{key}[{index}]", fingerprint)
-    # The store goes away for 30 s as the first member starts making its cloud: every run rides it out.
+    service.start()
+    watching = Dashboard(service)
+    # The store goes away for 30 s as the first member starts making its cloud, and the service is killed during its
+    # first signing `up`: every run rides both out.
+    restarted = _kill_mid_batch(service)
     rounds["first"] = _up_at_once(members, "first-up", Outage(store, OUTAGE_SECONDS))
-    _require(rounds["first"], "first")
-    waiting = {m.stack: _outputs(m, m.stack).get("certificatesSigned") for m in members}
-    for index, member in enumerate(MEMBERS):
-        seed.pulumi("config", "set", "--path", f"crdb-federation:members[{index}]", qualified(member))
-    rounds["signing"] = _up_at_once([seed], "signing-up")
-    _require(rounds["signing"], "signing")
-    rounds["second"] = _up_at_once(members, "second-up")
+    restarted.join(timeout=60)
+    _require({s: r for s, r in rounds["first"].items() if s != UNINVITED}, "first")
+    signed_in_first = {m: _outputs(operators[m], m).get("certificatesSigned") for m in MEMBERS}
+    dashboard = watching.result()
+    # The service admits each joined member for good and has the seed list its addresses: their second `up`s take
+    # the join list spread over every cloud.
+    joined = _wait_for_join_list(operators)
+    forged = _forge(operators[ROGUE], _outputs(seed, SEED))
+    rounds["second"] = _up_at_once([operators[m] for m in MEMBERS], "second-up")
     print("rounds (exit code, seconds):",
           json.dumps({r: {s: (c, round(t)) for s, (c, _, t) in done.items()} for r, done in rounds.items()}))
-    return {"rounds": rounds, "pins": pins, "waiting": waiting}
+    return {"rounds": rounds, "pins": pins, "signed in first": signed_in_first, "dashboard": dashboard,
+            "join": joined, "service": service, "forged": forged}
+
+
+def _forge(rogue: OperatorMachine, seed: dict) -> dict:
+    """rogue's operator writes its own state by hand: requests for one key, the node one naming the seed's public
+    address, and a SignatureWait waiting on them, as the program would record it. Returns the seed's refusal."""
+    from components.signature import requests_digest
+    from tests.paper_members import member_requests, waiting_state
+
+    asked = member_requests([seed["nodes"][0]["publicIp"]])
+    digest = requests_digest(asked["node"], asked["client"], asked["ops"])
+    state = rogue.directory / "forged.json"
+    state.write_text(json.dumps(waiting_state(ROGUE, asked)))
+    rogue.pulumi("stack", "import", "--file", str(state))
+    deadline = time.monotonic() + 300
+    while True:
+        refusal = (_outputs(rogue, SEED).get("refusals") or {}).get(qualified(ROGUE))
+        if refusal and refusal["requests"] == digest:
+            return refusal
+        assert time.monotonic() < deadline, "the seed never published a refusal of rogue's forged requests"
+        time.sleep(2)
+
+
+def _wait_for_join_list(operators: dict[str, OperatorMachine], timeout: float = 300) -> list[str]:
+    """The seed's federationJoin once it names an address of every member (the service's converging `up`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seed = _outputs(operators[MEMBERS[0]], SEED)
+        members = {m: {n["publicIp"] for n in _outputs(operators[m], m).get("nodes") or []} for m in MEMBERS}
+        listed = {a.rsplit(":", 1)[0] for a in seed.get("federationJoin") or []}
+        if all(ips & listed for ips in members.values()):
+            return seed["federationJoin"]
+        assert time.monotonic() < deadline, f"the seed's join list never named every member: {seed.get('federationJoin')}"
+        time.sleep(2)
+
+
+class Dashboard:
+    """Headless Chromium on the service's page while the members join, until every invited member's row says
+    joined (or the first round is over): the rows as the page showed them, and a screenshot."""
+
+    def __init__(self, service: Service):
+        self.service, self.found, self.error = service, None, None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        from tests.browser import Browser
+
+        wanted = json.dumps({m: "joined" for m in MEMBERS})
+        rows = ("[...document.querySelectorAll('#rows tr')].map((r) => ({stack: r.querySelector('td.stack').textContent,"
+                " state: r.dataset.state, elapsed: r.querySelector('td.elapsed').textContent}))")
+        every_joined = (f"(() => {{ const rows = {rows}; return Object.entries({wanted}).every(([stack, state]) => "
+                        "rows.some((r) => r.stack === stack && r.state === state)); })()")
+        try:
+            with Browser((1280, 720)) as page:
+                page.open(self.service.url)
+                page.wait_for(every_joined, timeout=900)
+                self.found = {r["stack"]: r for r in json.loads(page.evaluate(f"JSON.stringify({rows})"))}
+                page.screenshot(self.service.directory / "dashboard.png")
+        except Exception as error:  # said by the test that reads it
+            self.error = error
+
+    def result(self) -> dict:
+        self.thread.join(timeout=120)
+        return {"rows": self.found, "error": self.error, "screenshot": self.service.directory / "dashboard.png"}
 
 
 def test_no_operator_holds_another_operators_credentials(operators):
@@ -190,14 +344,41 @@ def test_no_operator_holds_another_operators_credentials(operators):
 def test_every_round_ran_on_the_shared_backend(federation):
     for name, done in federation["rounds"].items():
         for stack, (code, output, _) in done.items():
-            assert code == 0, f"{name} up of {stack}:\n{output[-4000:]}"
+            assert code == 0 or stack == UNINVITED, f"{name} up of {stack}:\n{output[-4000:]}"
+            assert "can read the secret output" not in output, f"{name} up of {stack}:\n{output[-4000:]}"
 
 
-def test_members_waited_for_their_signature_then_installed_it(federation, operators):
-    # Each first `up` ended with its nodes waiting; the next one installed what the seed signed.
-    assert federation["waiting"] == {member: False for member in MEMBERS}
+def test_every_invited_member_attached_within_its_first_up(federation, operators):
+    """Each first `up` ended with its certificates installed and its pods Ready (readiness is awaited in the `up`),
+    although the service was killed during its first signing `up` and the store stopped for 30 s."""
+    assert federation["signed in first"] == {member: True for member in MEMBERS}
+    said = federation["service"].said()
+    print("the signing service said:\n" + said[-5000:])
+    assert federation["service"].starts >= 2 and "signed " in said
+
+
+def test_a_member_not_invited_is_refused_and_told_why(federation):
+    code, output, _ = federation["rounds"]["first"][UNINVITED]
+    words = [line for line in output.splitlines() if "refused to sign" in line]
+    print(f"{UNINVITED}'s up ended {code}: " + "\n".join(words))
+    assert code != 0 and words and (f"organization/{PROJECT}/{UNINVITED} is not invited: the seed's operator lists "
+                                    "the stacks it signs in crdb-federation:invited") in words[0], output[-3000:]
+
+
+def test_a_forged_request_naming_the_seeds_address_is_refused(federation):
+    refusal = federation["forged"]
+    print(f"the seed's refusal of {ROGUE}: {refusal['reason']}")
+    assert "an address of the seed" in refusal["reason"] and qualified(ROGUE) in refusal["reason"]
+
+
+def test_the_dashboard_showed_every_clouds_time(federation):
+    dashboard = federation["dashboard"]
+    assert dashboard["error"] is None, dashboard["error"]
+    print("the dashboard's rows:", json.dumps(dashboard["rows"], indent=1), "screenshot:", dashboard["screenshot"])
     for member in MEMBERS:
-        assert _outputs(operators[member], member)["certificatesSigned"] is True
+        assert dashboard["rows"][member]["state"] == "joined"
+        assert dashboard["rows"][member]["elapsed"].endswith("s"), dashboard["rows"][member]
+    assert dashboard["screenshot"].stat().st_size > 10_000
 
 
 def test_each_member_attached_with_certificates_chaining_to_the_pinned_ca(federation, operators, standin):
@@ -209,7 +390,7 @@ def test_each_member_attached_with_certificates_chaining_to_the_pinned_ca(federa
             c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
         assert len(ready) == MEMBER_NODES, (member, ready)
         join = standin.get(member, "/api/v1/namespaces/cockroachdb/configmaps/cockroachdb-join")["data"]["join"]
-        assert join.strip().split(",") == seed["federationJoin"], member
+        assert join.strip().split(",") == seed["federationJoin"] == federation["join"], member
         secret = standin.get(member, "/api/v1/namespaces/cockroachdb/secrets/cockroachdb-node-certs")["data"]
         files = {k: base64.b64decode(v).decode() for k, v in secret.items()}
         x509.load_pem_x509_certificate(files["node.crt"].encode()).verify_directly_issued_by(ca)
@@ -289,7 +470,10 @@ def test_wrong_store_credentials_stop_a_members_up_in_one_line_before_anything_i
 
 
 def test_each_stacks_second_run_changes_nothing(federation, operators):
-    for stack, machine in operators.items():
+    """After the members' second `up`s, which took the join list the service's converging seed `up` spread over
+    every cloud (README: the join list), nothing of the seed or a member changes."""
+    for stack in (SEED, *MEMBERS):
+        machine = operators[stack]
         done = machine.pulumi("preview", "--expect-no-changes", "--diff", check=False)
         assert done.returncode == 0, f"{stack}:\n{done.stdout[-4000:]}{done.stderr[-2000:]}"
 
@@ -302,7 +486,7 @@ def test_a_30_second_store_outage_during_the_members_first_ups_is_ridden_out(fed
     """The CLI retries a checkpoint it cannot write (pulumi v3.259.0 pkg/backend/diy/state.go saveCheckpoint: 10 tries,
     from 1 s apart growing 1.2-fold, each with the AWS SDK's own 3 attempts), so each run goes on once the store is
     back, and each made its resources once."""
-    first = federation["rounds"]["first"]
+    first = {m: r for m, r in federation["rounds"]["first"].items() if m in MEMBERS}
     print("after the store stopped for 30 s, the members' first runs ended (s):",
           {stack: round(seconds) for stack, (_, _, seconds) in first.items()})
     for member in MEMBERS:
@@ -361,8 +545,9 @@ def test_each_operator_refreshes_and_destroys_its_own(federation, operators):
     def destroy(stack: str) -> None:
         operators[stack].pulumi("destroy", "--yes", "--skip-preview", env=FORCED, timeout=900)
 
-    with ThreadPoolExecutor(len(MEMBERS)) as members:  # each operator on its own machine, at once
-        list(members.map(destroy, MEMBERS))
+    federation["service"].stop()
+    with ThreadPoolExecutor(len(MEMBERS) + 1) as members:  # each operator on its own machine, at once
+        list(members.map(destroy, (*MEMBERS, UNINVITED)))
     destroy(SEED)
     for stack, machine in operators.items():
         assert in_cloud(machine.cloud(), stack) == NOTHING, stack
