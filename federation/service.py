@@ -162,8 +162,9 @@ def row(view: StackView, seed: StackView, refused: dict[str, dict[str, str]], se
     running = view.running_since is not None
     last = view.last_update
     state, detail, phase = "not started", "", ""
-    if digest is not None and (refused.get(stack) or {}).get("requests") == digest:
-        state, detail = "refused", refused[stack]["reason"]
+    refusal = refused.get(stack) or {}
+    if refusal and (refusal["requests"] == digest or digest is None and not running):
+        state, detail = "refused", refusal["reason"]
     elif running:
         waiting = view.waiting()
         phase = view.phase()
@@ -215,7 +216,9 @@ class SigningService:
         views = {}
         for name in names:
             view = self.reader.view(name)
-            if view.qualified in self.invitations.stacks or view.waiting() is not None:
+            # A refused stack keeps its row after its `up` failed (its wait, never made, is gone from its state).
+            shown = view.qualified in self.invitations.stacks or view.qualified in self.refused
+            if shown or view.waiting() is not None:
                 views[name] = view
                 if view.running_since is not None:
                     self.starts[name] = view.running_since

@@ -365,3 +365,11 @@ def test_a_request_replaced_by_a_scale_up_is_read_as_the_new_one_not_the_old_lef
                                "a-identity-node-csr", "type": "tls:index/certRequest:CertRequest", "delete": True,
                                "outputs": {"certRequestPem": old["node"]}})
     assert StackView("a", state, 1.0).requests()["node"] == asked["b"]["node"]
+
+
+def test_a_refused_members_row_stays_refused_after_its_up_failed_at_its_wait(asked):
+    """Its wait failed, so its state no longer holds one: the row still says why, until it runs again."""
+    refused = {PREFIX + "c": {"requests": digest_of(asked["c"]), "reason": "c is not invited"}}
+    failed = StackView("c", {"resources": deployment("c", asked["c"])["resources"]}, None, {"result": "failed"})
+    shown = row(failed, seed_view(), refused, seen_start=None)
+    assert (shown["state"], shown["detail"]) == ("refused", "c is not invited")
