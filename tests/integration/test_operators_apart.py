@@ -202,7 +202,7 @@ class Service:
 def _kill_mid_batch(service: Service) -> threading.Thread:
     """Kills the service once its first seed `up` has its engine running, then starts it again."""
     def kill_then_restart() -> None:
-        service.wait_for("signing ")
+        service.wait_for("(seed up started")  # a batch: "signing <members> (seed up started HH:MM:SS)"
         time.sleep(4)  # the seed's engine is under way
         service.kill()
         service.killed_at = time.monotonic()
@@ -354,7 +354,11 @@ def test_every_invited_member_attached_within_its_first_up(federation, operators
     assert federation["signed in first"] == {member: True for member in MEMBERS}
     said = federation["service"].said()
     print("the signing service said:\n" + said[-5000:])
-    assert federation["service"].starts >= 2 and "signed " in said
+    # Killed mid-batch: its first life's last words are a batch started and never ended.
+    first_life = (federation["service"].directory / "serve-1.log").read_text().splitlines()
+    batches = [i for i, line in enumerate(first_life) if "(seed up started" in line]
+    assert batches and not [line for line in first_life[batches[-1]:] if " signed " in line], first_life[-20:]
+    assert federation["service"].starts >= 2 and " signed " in said
 
 
 def test_a_member_not_invited_is_refused_and_told_why(federation):
