@@ -330,7 +330,7 @@ def serve_command(args: argparse.Namespace, seed: "LazyStack", console: Console)
     from .web import DashboardServer
 
     try:
-        invitations = read_invitations(seed._get()._config(), seed.config_value(f"{PROJECT}:joinTokens"))
+        invitations = read_invitations(seed.config(), seed.config_value(f"{PROJECT}:joinTokens"))
     except (ValueError, StackNotInBackend) as error:
         return fail(str(error))
     if not invitations.stacks:
@@ -489,6 +489,9 @@ class LazyStack:
 
     def members(self):
         return self._get().members()
+
+    def config(self):
+        return self._get().config()
 
     def config_value(self, key):
         return self._get().config_value(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 import traceback
@@ -104,6 +105,8 @@ class PulumiStack:
                 raise faults.CloudFault(said) from None
         self._stack = automation_stack
         self._delete_server = delete_server or self._delete_server_in_cloud
+        # Where set_signing leaves what the seed's next `up` signs (this process's own, 0700).
+        self._signing_files = Path(tempfile.mkdtemp(prefix="crdb-signing-"))
         # Set once the checks an `up` starts with have passed, or its own `up` succeeded, in this run of the tool:
         # the seed's later signing `up`s and a member's converging `up`, minutes later, skip them.
         self._checked = False
@@ -120,8 +123,8 @@ class PulumiStack:
 
     def prepare(self, on_output: Callable[[str], None]) -> None:
         """The checks an `up` starts with, ahead of it: an interrupted or failed last run's leftovers are cleared
-        and servers in ERROR healed. The signing service has the seed's done while the members build, so that the seed's
-        first signing `up` starts the engine at once (the targeted refresh alone takes 10 s)."""
+        and servers in ERROR healed. The signing service has the seed's done while the members build, so that the
+        seed's first signing `up` starts the engine at once (the targeted refresh alone takes 10 s)."""
         if not self._checked:
             self._unlocked(lambda: self._check_before_up(on_output), on_output)
 
@@ -284,7 +287,7 @@ class PulumiStack:
         done = self._cli(["stack", "output", "--json", "--stack", self.name])
         return json.loads(done.stdout or "{}")
 
-    def _config(self) -> dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         """The stack's config, its secrets left encrypted (automation's get_all_config passes --show-secrets, and
         the seed's holds its CA key and licence)."""
         done = self._cli(["config", "--json", "--stack", self.name])
@@ -292,7 +295,7 @@ class PulumiStack:
 
     def members(self) -> list[str]:
         """The seed's crdb-federation:members: the stacks it admitted for good."""
-        listed = self._config().get(MEMBERS_KEY) or {}
+        listed = self.config().get(MEMBERS_KEY) or {}
         return listed.get("objectValue") or json.loads(listed.get("value") or "[]")
 
     def add_members(self, stacks: Sequence[str]) -> list[str]:
@@ -318,8 +321,6 @@ class PulumiStack:
         REFUSALS_VARIABLE), or nothing: in its engine's environment alone, so nothing of them outlives this process."""
         from components.settings import EARLY_REQUESTS_VARIABLE, REFUSALS_VARIABLE
 
-        import tempfile
-
         environment = self._stack.workspace.env_vars
         for variable, value in ((EARLY_REQUESTS_VARIABLE, early), (REFUSALS_VARIABLE, refusals)):
             if not value:
@@ -327,14 +328,13 @@ class PulumiStack:
                 continue
             # In a file the variable names (@path): Linux refuses one environment string over 128 KiB
             # (MAX_ARG_STRLEN), about 45 members' requests.
-            self._signing_files = getattr(self, "_signing_files", None) or tempfile.mkdtemp(prefix="crdb-signing-")
-            path = Path(self._signing_files) / f"{variable}.json"
+            path = self._signing_files / f"{variable}.json"
             path.write_text(json.dumps(value, sort_keys=True))
             environment[variable] = f"@{path}"
 
     def config_value(self, key: str) -> str:
         """One config value (project:key), decrypted with the stack's own secrets provider; "" when unset."""
-        if key not in self._config():
+        if key not in self.config():
             return ""
         return self._cli(["config", "get", key, "--stack", self.name]).stdout.strip()
 
