@@ -311,7 +311,8 @@ def test_join_signs_through_the_same_service_and_each_member_joins_in_its_first_
         RecordedSeed(run, seed), reader, Invitations(tuple(PREFIX + m.name for m in members)), lambda line: None,
         poll=0.02))
     assert all(m.found["node"] == "N" for m in members)
-    assert seed.ups[0] == [PREFIX + "a"] and [PREFIX + "a", PREFIX + "b", PREFIX + "c"] in seed.ups
+    # a asked first; however the threads were scheduled, one batch at last signed all three.
+    assert PREFIX + "a" in seed.ups[0] and [PREFIX + "a", PREFIX + "b", PREFIX + "c"] in seed.ups
     assert [m.calls for m in members] == [["up", "up"]] * 3  # the second only takes the join list
     assert all(run.progress[m.name].status == "succeeded" for m in members)
     assert run.progress["seed"].status == "succeeded"
