@@ -200,6 +200,8 @@ class SigningService:
         self.views: dict[str, StackView] = {}
         self.seed_view = StackView(seed_stack)
         self.refused: dict[str, dict[str, str]] = {}
+        # The seed's crdb-federation:members, read once (a CLI call) and kept as this service adds to it.
+        self.admitted: Optional[list[str]] = None
         self.starts: dict[str, float] = {}  # stack -> the lock time of the run the service saw start
         self.status = "starting"
         self.gathering_since: Optional[float] = None
@@ -259,7 +261,9 @@ class SigningService:
     def next_plan(self) -> Plan:
         with self.changed:
             views, seed_view = list(self.views.values()), self.seed_view
-        return plan(views, seed_view, self.invitations, self.refused, self.seed.members())
+        if self.admitted is None:
+            self.admitted = self.seed.members()
+        return plan(views, seed_view, self.invitations, self.refused, self.admitted)
 
     def _sign(self) -> None:
         try:  # the seed's checks before an `up` while the first requests are on their way (its `up` repeats them)
@@ -281,7 +285,13 @@ class SigningService:
                     self.changed.wait(self.poll)
                 continue
             self.gathering_since = None
-            if self.sign(current):
+            try:
+                signed = self.sign(current)
+            except Exception as error:  # e.g. the seed's stack file unwritable: said, and the plan is made again
+                self.status = f"could not sign: {_last_line(str(error))}"
+                self.say(self.status)
+                signed = False
+            if signed:
                 failures = 0
             else:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
@@ -307,6 +317,7 @@ class SigningService:
             self.say(f"refused {stack}: {current.refusals[stack]['reason']}")
         if current.joined:
             self.seed.add_members(current.joined)
+            self.admitted = [*(self.admitted or []), *current.joined]
             self.say(f"admitted for good (crdb-federation:members): {', '.join(current.joined)}")
         what = ", ".join(s.rsplit("/", 1)[-1] for s in current.batch) or "no new member"
         self.status = f"signing {what} (seed up started {time.strftime('%H:%M:%S')})"

@@ -374,3 +374,22 @@ def test_a_refused_members_row_stays_refused_after_its_up_failed_at_its_wait(ask
     failed = StackView("c", {"resources": deployment("c", asked["c"])["resources"]}, None, {"result": "failed"})
     shown = row(failed, seed_view(), refused, seen_start=None)
     assert (shown["state"], shown["detail"]) == ("refused", "c is not invited")
+
+
+def test_a_signing_that_raises_is_said_and_tried_again_not_the_end_of_the_service(asked, monkeypatch):
+    monkeypatch.setattr("federation.service.RETRY_SECONDS", (0.05,))
+    reader = FakeReader({"seed": seed_view(), "a": view("a", asked["a"])})
+    seed = FakeSeed(reader)
+    calls = []
+
+    def set_signing(early, refusals):
+        calls.append(early)
+        if len(calls) == 1:
+            raise OSError("No space left on device")
+        seed.early, seed.refusals = early, refusals
+
+    seed.set_signing = set_signing
+    said = []
+    with SigningService(seed, reader, Invitations((PREFIX + "a",)), said.append, poll=0.02):
+        _until(lambda: any(line.startswith("signed a") for line in said))
+    assert "could not sign: No space left on device" in said
