@@ -11,10 +11,10 @@ import difflib
 import ipaddress
 import json
 import os
-from pathlib import Path
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pulumi
@@ -160,8 +160,8 @@ class CockroachSettings:
     # One operator runs every stack with one secrets provider (a demo): reading each other's secrets is expected.
     shared_secrets: bool
     ca_private_key: Optional[pulumi.Output] = field(default=None, compare=False)
-    # The seed: requests the federation tool took from members' running `up`s (stack -> member name, node and
-    # client request), signed before those stacks export them.
+    # The seed: requests its signing service took from members' running `up`s (stack -> member name, node, client
+    # and ops request), signed before those stacks export them.
     early_requests: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
     # The seed: member stacks its signing service refused, and why (stack -> {requests: digest, reason}), published
     # in its outputs for those members' waits; set by the service for one `up`, like early_requests.
