@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from . import locks
-from .progress import PHASES, phase_of
+from .progress import PHASES, SIGNATURE_WAIT_NAME, phase_of
 
 PROJECT = "crdb-federation"
 ORGANIZATION = "organization"  # the diy backend's one organization (backend.go)
@@ -29,7 +29,7 @@ CSR_TYPE = "tls:index/certRequest:CertRequest"
 # components/federation.py NodeIdentity's three requests, through components/pki.py certificate_request.
 REQUEST_SUFFIXES = {"-identity-node-csr": "node", "-identity-client-csr": "client", "-identity-ops-csr": "ops"}
 DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
-SIGNATURE_WAIT_SUFFIX = "-signature"  # components/cockroach.py names it <member>-signature
+SIGNATURE_WAIT_SUFFIX = SIGNATURE_WAIT_NAME  # components/cockroach.py names it <member>-signature
 STACK_TYPE = "pulumi:pulumi:Stack"
 
 

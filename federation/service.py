@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 from components.federation import admission_problems
 from components.signature import join_proof, requests_digest
 
-from .backend_state import BackendReader, StackView
+from .backend_state import BackendReader, StackView, Waiting
 
 STATES = ("not started", "building", "waiting for signature", "signed", "joined", "failed", "refused")
 RETRY_SECONDS = (10, 20, 40, 60)  # after a seed `up` that failed for a reason of the seed's own
@@ -91,16 +91,16 @@ class Plan:
         return bool(self.batch or self.joined or self.new_refusals)
 
 
-def current_requests(view: StackView) -> Optional[tuple[str, dict[str, str], str, str]]:
-    """(digest, requests, member name, proof) of a stack waiting on all three of its current requests; None while
-    its state holds another set than its wait (mid-step) or no wait at all (a member of an earlier version)."""
+def current_requests(view: StackView) -> Optional[tuple[str, dict[str, str], Waiting]]:
+    """(digest, requests, its wait) of a stack waiting on all three of its current requests; None while its state
+    holds another set than its wait (mid-step) or no wait at all (a member of an earlier version)."""
     waiting, requests = view.waiting(), view.requests()
     if waiting is None or set(requests) != {"node", "client", "ops"}:
         return None
     digest = requests_digest(requests["node"], requests["client"], requests["ops"])
     if digest != waiting.requests:
         return None
-    return digest, requests, waiting.member, waiting.proof
+    return digest, requests, waiting
 
 
 def plan(views: Sequence[StackView], seed: StackView, invitations: Invitations,
@@ -118,17 +118,17 @@ def plan(views: Sequence[StackView], seed: StackView, invitations: Invitations,
         found = current_requests(view)
         if found is None:
             continue
-        digest, requests, member, proof = found
+        digest, requests, waiting = found
         stack = view.qualified
-        entry = {"stack": stack, "member": member, "requests": requests, "digest": digest}
+        entry = {"stack": stack, "member": waiting.member, "requests": requests, "digest": digest}
         if (refused.get(stack) or {}).get("requests") == digest:
             continue
         if (signed.get(stack) or {}).get("requests") == digest:
             kept[stack] = entry
             continue
-        why = invitations.refusal(stack, digest, proof)
-        if why is None and view.waiting().stack != stack:
-            why = f"{stack}'s state says it is {view.waiting().stack}"
+        why = invitations.refusal(stack, digest, waiting.proof)
+        if why is None and waiting.stack != stack:
+            why = f"{stack}'s state says it is {waiting.stack}"
         if why:
             refused[stack] = {"requests": digest, "reason": why}
         else:
